@@ -8,17 +8,19 @@ from lmgauge.planner import PlannedModel, Residency, estimate_memory, plan_deplo
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 
+# Sizes in 0.1 GB steps: integers over a byte range are drawn mostly near zero.
+gigabytes = st.integers(0, 800).map(lambda tenths: tenths * GB // 10)
 planned_models = st.lists(
     st.builds(
         PlannedModel,
         name=st.text("abcdefghij", min_size=1, max_size=6),
-        size_bytes=st.integers(0, 80 * GB),
+        size_bytes=gigabytes,
         priority=st.integers(1, 6),
     ),
     max_size=12,
     unique_by=lambda m: m.name,
 )
-budgets = st.integers(0, 160 * GB)
+budgets = st.integers(0, 1600).map(lambda tenths: tenths * GB // 10)
 max_loaded = st.none() | st.integers(0, 6)
 
 
