@@ -12,9 +12,17 @@ Each message names the thing at fault and the fix.
     ├── PlanningError               memory planning and routing
     │   ├── DoesNotFitError         a model larger than the memory it must fit in
     │   └── NoFeasibleModelError    no candidate fits the memory given
-    └── BatcherError                the request scheduler
-        ├── QueueFullError          the bounded queue is full (as Ollama answers 503)
-        └── BatcherClosedError      a request submitted to, or left in, a closed batcher
+    ├── BatcherError                the request scheduler
+    │   ├── QueueFullError          the bounded queue is full (as Ollama answers 503)
+    │   └── BatcherClosedError      a request submitted to, or left in, a closed batcher
+    └── BackendError                a server or engine failed to do what was asked
+        ├── BackendUnavailableError cannot connect, or the engine is not installed
+        ├── BackendTimeoutError     no answer (or no next token) within the timeout
+        ├── ProtocolError           an answer that breaks the protocol (bad JSON, bad stream)
+        ├── ServerError             an HTTP error status; the message has the body's first line
+        ├── ModelNotFoundError      the server or the disk has no such model
+        ├── ModelFileError          a model file that exists but cannot be loaded (corrupt)
+        └── OutOfMemoryError        the engine could not allocate what the model needs
 """
 
 from __future__ import annotations
@@ -62,3 +70,39 @@ class QueueFullError(BatcherError):
 
 class BatcherClosedError(BatcherError):
     """The batcher is closed, or was closed while the request waited."""
+
+
+class BackendError(LmgaugeError):
+    """A server or an in-process engine failed to do what was asked."""
+
+
+class BackendUnavailableError(BackendError):
+    """The server cannot be reached, or the engine is not installed."""
+
+
+class BackendTimeoutError(BackendError):
+    """No answer, or no next token, within the timeout."""
+
+
+class ProtocolError(BackendError):
+    """An answer that breaks the protocol: invalid JSON, a malformed stream line."""
+
+
+class ServerError(BackendError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ModelNotFoundError(BackendError):
+    """The server, or the disk, has no such model."""
+
+
+class ModelFileError(BackendError):
+    """A model file that exists but cannot be loaded: truncated, corrupt, wrong format."""
+
+
+class OutOfMemoryError(BackendError):
+    """The engine could not allocate the memory the model needs."""

@@ -1,0 +1,272 @@
+"""Any OpenAI-compatible server: llama-server, llama-cpp-python's server, LM Studio,
+mlx_lm.server, vLLM.
+
+Streams ``/v1/completions`` (or ``/v1/chat/completions``) over SSE and asks for
+``stream_options.include_usage``. llama.cpp's servers add a ``timings`` object to the
+last event and accept ``ignore_eos``; servers that ignore that get a logit bias against
+the Qwen end-of-turn tokens so every sample has the requested length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httpx
+
+from lmgauge.backends.base import (
+    BackendInfo,
+    Chunk,
+    GenerateRequest,
+    LoadResult,
+    LoadSettings,
+    MemoryReport,
+    ModelInfo,
+    ServerTimings,
+)
+from lmgauge.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ModelNotFoundError,
+    ProtocolError,
+    ServerError,
+)
+
+QWEN_EOS_TOKEN_IDS = (151643, 151645)  # <|endoftext|>, <|im_end|>
+
+
+def parse_sse_data(line: str) -> dict[str, Any] | None:
+    """The JSON of one SSE ``data:`` line; None for comments, blank lines and ``[DONE]``.
+
+    Raises ProtocolError, quoting the line, for anything else.
+    """
+    line = line.rstrip("\r")
+    if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
+        return None
+    if not line.startswith("data:"):
+        raise ProtocolError(f"malformed SSE line (expected 'data: ...'): {line[:120]!r}")
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return None
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"SSE data is not JSON ({exc.msg}): {payload[:120]!r}") from exc
+    if not isinstance(event, dict):
+        raise ProtocolError(f"SSE data is not a JSON object: {payload[:120]!r}")
+    if "error" in event:
+        raise ServerError(f"server reported an error mid-stream: {event['error']}", 500)
+    return event
+
+
+def timings_from_event(event: dict[str, Any]) -> ServerTimings | None:
+    """Server timings from llama.cpp's ``timings`` and the OpenAI ``usage`` object."""
+    timings = event.get("timings")
+    usage = event.get("usage")
+    if not isinstance(timings, dict) and not isinstance(usage, dict):
+        return None
+    t = timings if isinstance(timings, dict) else {}
+    u = usage if isinstance(usage, dict) else {}
+    details = u.get("prompt_tokens_details")
+    cached = t.get("cache_n")
+    if cached is None and isinstance(details, dict):
+        cached = details.get("cached_tokens")
+    prompt_ms, predicted_ms = t.get("prompt_ms"), t.get("predicted_ms")
+    return ServerTimings(
+        prompt_tokens=t.get("prompt_n", u.get("prompt_tokens")),
+        cached_prompt_tokens=cached,
+        prompt_s=prompt_ms / 1000 if isinstance(prompt_ms, int | float) else None,
+        output_tokens=t.get("predicted_n", u.get("completion_tokens")),
+        decode_s=predicted_ms / 1000 if isinstance(predicted_ms, int | float) else None,
+    )
+
+
+def chunks_from_events(
+    events: Iterable[tuple[dict[str, Any], float]], *, chat: bool
+) -> Iterable[Chunk]:
+    """Turn parsed SSE events (with their arrival times) into Chunks; one event = one token."""
+    for event, at_s in events:
+        choices = event.get("choices") or []
+        timings = timings_from_event(event)
+        if not choices:
+            if timings is not None:
+                yield Chunk("", 0, at_s, timings=timings)
+            continue
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise ProtocolError(f"a choice is not an object: {str(choice)[:120]!r}")
+        if chat:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or delta.get("reasoning_content") or ""
+            has_token = "content" in delta or "reasoning_content" in delta
+        else:
+            text = choice.get("text") or ""
+            has_token = "text" in choice
+        finish = choice.get("finish_reason")
+        # A token may decode to no text (half a UTF-8 character); it is still a token.
+        tokens = 1 if has_token and (text or finish is None) else 0
+        yield Chunk(text, tokens, at_s, finish_reason=finish, timings=timings)
+
+
+class OpenAIBackend:
+    """Client of an OpenAI-compatible server at ``base_url`` (no trailing ``/v1``)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        eos_token_ids: tuple[int, ...] = QWEN_EOS_TOKEN_IDS,
+        connect_timeout_s: float = 5.0,
+        server_pid: int | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.eos_token_ids = eos_token_ids
+        self.server_pid = server_pid
+        headers = {}
+        api_key = os.environ.get(api_key_env)  # read from the environment, never stored
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(connect=connect_timeout_s, read=600.0, write=30.0, pool=30.0),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _get_json(self, path: str) -> Any:
+        try:
+            response = await self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, path) from exc
+        await self._raise_for_status(response, path)
+        try:
+            return response.json()
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(
+                f"GET {self.base_url}{path} did not return JSON: {response.text[:120]!r}"
+            ) from exc
+
+    async def info(self) -> BackendInfo:
+        response_models = await self._get_json("/v1/models")
+        version = "unknown"
+        if isinstance(response_models, dict) and "data" not in response_models:
+            raise ProtocolError(f"{self.base_url}/v1/models has no 'data' list")
+        try:
+            props = await self._client.get("/props")  # llama-server's build info
+            if props.status_code == 200:
+                version = str(props.json().get("build_info", version))
+        except (httpx.HTTPError, json.JSONDecodeError, AttributeError):
+            pass
+        return BackendInfo(self.name, version, self.base_url)
+
+    async def list_models(self) -> list[ModelInfo]:
+        data = await self._get_json("/v1/models")
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise ProtocolError(f"{self.base_url}/v1/models has no 'data' list")
+        return [ModelInfo(str(m.get("id")), loaded=True) for m in models if isinstance(m, dict)]
+
+    async def load(self, model: str, settings: LoadSettings) -> LoadResult:
+        """The OpenAI API cannot load a model: a one-token request makes the server ready."""
+        start = time.perf_counter()
+        async for _ in self.generate(GenerateRequest(model, "Hello", max_tokens=1)):
+            pass
+        return LoadResult(model, time.perf_counter() - start)
+
+    async def unload(self, model: str) -> None:
+        """The OpenAI API has no unload; the server keeps its model."""
+
+    async def memory(self) -> MemoryReport:
+        if self.server_pid is None:
+            return MemoryReport(source="not reported by an OpenAI-compatible server")
+        import psutil
+
+        try:
+            rss = psutil.Process(self.server_pid).memory_info().rss
+        except psutil.Error as exc:
+            raise BackendError(
+                f"cannot read the memory of server pid {self.server_pid}: {exc}"
+            ) from exc
+        return MemoryReport(rss_bytes=rss, source=f"psutil rss of server pid {self.server_pid}")
+
+    def _body(self, request: GenerateRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": request.temperature,
+            "seed": request.seed,
+            "cache_prompt": request.use_prompt_cache,
+        }
+        if request.chat:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        else:
+            body["prompt"] = request.prompt
+        if request.ignore_eos:
+            body["ignore_eos"] = True
+            body["logit_bias"] = {str(t): -100 for t in self.eos_token_ids}
+        return body
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        path = "/v1/chat/completions" if request.chat else "/v1/completions"
+        timeout = httpx.Timeout(
+            self._client.timeout.connect, read=request.timeout_s, write=30.0, pool=30.0
+        )
+        try:
+            async with self._client.stream(
+                "POST", path, json=self._body(request), timeout=timeout
+            ) as response:
+                await self._raise_for_status(response, path, request.model)
+                async for line in response.aiter_lines():
+                    event = parse_sse_data(line)
+                    if event is None:
+                        continue
+                    for chunk in chunks_from_events(
+                        [(event, time.perf_counter())], chat=request.chat
+                    ):
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, path) from exc
+
+    async def _raise_for_status(
+        self, response: httpx.Response, path: str, model: str | None = None
+    ) -> None:
+        if response.status_code < 400:
+            return
+        body = (await response.aread()).decode("utf-8", "replace").strip()
+        first_line = body.splitlines()[0][:200] if body else "(empty body)"
+        url = f"{self.base_url}{path}"
+        if response.status_code == 404 and model is not None:
+            raise ModelNotFoundError(
+                f"{url} answered 404 for model {model!r}: {first_line}; "
+                "check the name with GET /v1/models"
+            )
+        raise ServerError(
+            f"{url} answered HTTP {response.status_code}: {first_line}", response.status_code
+        )
+
+    def _translate(self, exc: httpx.HTTPError, path: str) -> BackendError:
+        url = f"{self.base_url}{path}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return BackendUnavailableError(
+                f"cannot connect to {url}: {exc}; is the server running there? "
+                "Start it, or point lmgauge at it with its base URL"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeoutError(
+                f"{url} sent nothing within the timeout ({exc!r}); "
+                "raise the request timeout or check the server"
+            )
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            return ProtocolError(f"{url}: the connection broke mid-response ({exc})")
+        return BackendError(f"{url}: {type(exc).__name__}: {exc}")

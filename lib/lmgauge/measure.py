@@ -1,0 +1,214 @@
+"""One request becomes one Sample; a warm-up and N requests become a list of them.
+
+A failed request is a Sample holding the error, never an exception that ends the run.
+A sample that completed but cannot stand for warm, steady-state serving (an early stop,
+a model load inside it, a prefill served from a prompt cache) is kept with the reason
+and left out of the summaries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lmgauge.backends.base import Backend, GenerateRequest, ServerTimings
+
+COLD_LOAD_S = 0.1
+"""A server-reported load time above this inside a request means the model was (re)loaded.
+
+Ollama reports a few milliseconds of load_duration even for a resident model."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    requested_tokens: int
+    ok: bool
+    output_tokens: int = 0
+    prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    itl_s: tuple[float, ...] = ()
+    e2e_s: float | None = None
+    server: ServerTimings | None = None
+    error: str | None = None
+    invalid_reason: str | None = None
+    started_unix_s: float = 0.0
+    warmup: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.ok and self.invalid_reason is None and not self.warmup
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Client-side decode rate: tokens after the first over the time from first to last."""
+        span = sum(self.itl_s)
+        return len(self.itl_s) / span if self.itl_s and span > 0 else None
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        """Client-side prefill rate: prompt tokens over TTFT (includes request overhead)."""
+        if not self.prompt_tokens or not self.ttft_s:
+            return None
+        return self.prompt_tokens / self.ttft_s
+
+    @property
+    def server_decode_tokens_per_s(self) -> float | None:
+        timings = self.server
+        if timings is None or not timings.decode_s:
+            return None
+        tokens = timings.decode_tokens or timings.output_tokens
+        return tokens / timings.decode_s if tokens else None
+
+    @property
+    def server_prefill_tokens_per_s(self) -> float | None:
+        timings = self.server
+        if timings is None or not timings.prompt_tokens or not timings.prompt_s:
+            return None
+        uncached = timings.prompt_tokens - (timings.cached_prompt_tokens or 0)
+        return uncached / timings.prompt_s if uncached > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["itl_s"] = list(self.itl_s)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sample:
+        fields = dict(data)
+        server = fields.pop("server", None)
+        fields["itl_s"] = tuple(fields.get("itl_s", ()))
+        return cls(**fields, server=ServerTimings(**server) if server else None)
+
+
+def _invalid_reason(
+    requested: int,
+    output_tokens: int,
+    finish_reason: str | None,
+    server: ServerTimings | None,
+    expected_prompt_tokens: int | None,
+) -> str | None:
+    if output_tokens < requested:
+        return (
+            f"early stop: {output_tokens} of {requested} tokens (finish_reason={finish_reason!r})"
+        )
+    if server is not None:
+        if server.load_s is not None and server.load_s > COLD_LOAD_S:
+            return (
+                f"cold load: the server loaded the model for {server.load_s:.2f} s in this request"
+            )
+        if server.cached_prompt_tokens:
+            return (
+                f"prompt cache hit: {server.cached_prompt_tokens} prompt tokens were "
+                "served from the cache"
+            )
+        if (
+            expected_prompt_tokens is not None
+            and server.prompt_tokens is not None
+            and server.prompt_tokens < expected_prompt_tokens
+        ):
+            return (
+                f"prompt cache hit: the server evaluated {server.prompt_tokens} of "
+                f"{expected_prompt_tokens} prompt tokens"
+            )
+    return None
+
+
+async def measure_one(
+    backend: Backend,
+    request: GenerateRequest,
+    *,
+    expected_prompt_tokens: int | None = None,
+    warmup: bool = False,
+) -> Sample:
+    """Run one streamed request and account for every token of it."""
+    started_unix = time.time()
+    start = time.perf_counter()
+    token_times: list[float] = []  # one entry per generated token
+    finish_reason: str | None = None
+    server: ServerTimings | None = None
+    last_at = start
+    error: str | None = None
+    try:
+        async for chunk in backend.generate(request):
+            if chunk.tokens > 0:
+                # Spread a multi-token chunk's gap evenly over its tokens.
+                gap = (chunk.at_s - last_at) / chunk.tokens
+                token_times.extend(last_at + gap * (i + 1) for i in range(chunk.tokens))
+                last_at = chunk.at_s
+            if chunk.finish_reason is not None:
+                finish_reason = chunk.finish_reason
+            if chunk.timings is not None:
+                server = chunk.timings
+    except Exception as exc:  # a failed request is data, never the end of the run
+        error = f"{type(exc).__name__}: {exc}"
+    end = time.perf_counter()
+    prompt_tokens = server.prompt_tokens if server is not None else None
+    ttft = token_times[0] - start if token_times else None
+    itl = tuple(b - a for a, b in itertools.pairwise(token_times))
+    if error is not None:
+        return Sample(
+            requested_tokens=request.max_tokens,
+            ok=False,
+            output_tokens=len(token_times),
+            prompt_tokens=prompt_tokens,
+            finish_reason=finish_reason,
+            ttft_s=ttft,
+            itl_s=itl,
+            e2e_s=end - start,
+            server=server,
+            error=error,
+            invalid_reason=f"error: {error}",
+            started_unix_s=started_unix,
+            warmup=warmup,
+        )
+    return Sample(
+        requested_tokens=request.max_tokens,
+        ok=True,
+        output_tokens=len(token_times),
+        prompt_tokens=prompt_tokens,
+        finish_reason=finish_reason,
+        ttft_s=ttft,
+        itl_s=itl,
+        e2e_s=end - start,
+        server=server,
+        invalid_reason=_invalid_reason(
+            request.max_tokens, len(token_times), finish_reason, server, expected_prompt_tokens
+        ),
+        started_unix_s=started_unix,
+        warmup=warmup,
+    )
+
+
+async def measure(
+    backend: Backend,
+    make_request: Callable[[int], GenerateRequest],
+    *,
+    samples: int = 5,
+    warmups: int = 1,
+    expected_prompt_tokens: int | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
+) -> list[Sample]:
+    """Warm-ups, then ``samples`` requests; ``make_request(i)`` varies the prompt per request.
+
+    ``on_sample`` sees every sample (warm-ups included) as soon as it is measured, so a
+    caller can persist it before the next one starts.
+    """
+    if samples < 1 or warmups < 0:
+        raise ValueError(f"need samples >= 1 and warmups >= 0, got {samples} and {warmups}")
+    results = []
+    for i in range(warmups + samples):
+        sample = await measure_one(
+            backend,
+            make_request(i),
+            expected_prompt_tokens=expected_prompt_tokens,
+            warmup=i < warmups,
+        )
+        if on_sample is not None:
+            on_sample(sample)
+        results.append(sample)
+    return results

@@ -1,0 +1,191 @@
+"""measure.py: one request -> one Sample, with validity; on a scripted in-memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from lmgauge.backends.base import (
+    BackendInfo,
+    Chunk,
+    GenerateRequest,
+    LoadResult,
+    LoadSettings,
+    MemoryReport,
+    ModelInfo,
+    ServerTimings,
+)
+from lmgauge.errors import BackendTimeoutError
+from lmgauge.measure import Sample, measure, measure_one
+from lmgauge.stats import error_rate, summarize, summarize_samples
+
+
+class ScriptedBackend:
+    """Replays chunks at given offsets (seconds after the request starts); a test double."""
+
+    name = "scripted"
+
+    def __init__(self, script: Sequence[tuple[float, Chunk]], fail_after: int | None = None):
+        self.script = script
+        self.fail_after = fail_after
+
+    async def info(self) -> BackendInfo:
+        return BackendInfo(self.name, "test", "in-memory")
+
+    async def list_models(self) -> list[ModelInfo]:
+        return []
+
+    async def load(self, model: str, settings: LoadSettings) -> LoadResult:
+        return LoadResult(model, 0.0)
+
+    async def unload(self, model: str) -> None:
+        return None
+
+    async def memory(self) -> MemoryReport:
+        return MemoryReport()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, (offset, chunk) in enumerate(self.script):
+            if self.fail_after is not None and index == self.fail_after:
+                raise BackendTimeoutError("no token within 1 s")
+            await asyncio.sleep(max(0.0, start + offset - loop.time()))
+            yield Chunk(
+                chunk.text, chunk.tokens, time.perf_counter(), chunk.finish_reason, chunk.timings
+            )
+
+
+def _tokens(
+    n: int, gap: float = 0.002, timings: ServerTimings | None = None, finish: str = "length"
+) -> list[tuple[float, Chunk]]:
+    script = [((i + 1) * gap, Chunk("x", 1, 0.0)) for i in range(n)]
+    script[-1] = (n * gap, Chunk("x", 1, 0.0, finish_reason=finish))
+    if timings is not None:
+        script.append((n * gap, Chunk("", 0, 0.0, timings=timings)))
+    return script
+
+
+async def _measure(backend: ScriptedBackend, max_tokens: int, **kwargs: int) -> Sample:
+    return await measure_one(backend, GenerateRequest("m", "p", max_tokens=max_tokens), **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_a_full_sample_has_ttft_itl_and_e2e() -> None:
+    sample = await _measure(ScriptedBackend(_tokens(8)), 8)
+    assert sample.valid
+    assert sample.output_tokens == 8
+    assert len(sample.itl_s) == 7
+    assert sample.ttft_s is not None
+    assert sample.e2e_s is not None
+    assert 0 < sample.ttft_s < sample.e2e_s
+    assert sample.finish_reason == "length"
+    assert sample.decode_tokens_per_s == pytest.approx(7 / sum(sample.itl_s))
+
+
+@pytest.mark.asyncio
+async def test_an_early_stop_is_kept_but_invalid() -> None:
+    sample = await _measure(ScriptedBackend(_tokens(3, finish="stop")), 8)
+    assert sample.ok
+    assert not sample.valid
+    assert sample.invalid_reason == "early stop: 3 of 8 tokens (finish_reason='stop')"
+
+
+@pytest.mark.asyncio
+async def test_a_cold_load_inside_the_request_is_invalid() -> None:
+    timings = ServerTimings(prompt_tokens=4, load_s=2.5)
+    sample = await _measure(ScriptedBackend(_tokens(4, timings=timings)), 4)
+    assert sample.invalid_reason is not None
+    assert sample.invalid_reason.startswith("cold load: the server loaded the model for 2.50 s")
+
+
+@pytest.mark.asyncio
+async def test_a_prompt_cache_hit_is_invalid() -> None:
+    reported = ServerTimings(prompt_tokens=100, cached_prompt_tokens=96, prompt_s=0.001)
+    sample = await _measure(ScriptedBackend(_tokens(4, timings=reported)), 4)
+    assert sample.invalid_reason == "prompt cache hit: 96 prompt tokens were served from the cache"
+    short = ServerTimings(prompt_tokens=4, prompt_s=0.001)
+    sample = await _measure(
+        ScriptedBackend(_tokens(4, timings=short)), 4, expected_prompt_tokens=100
+    )
+    assert sample.invalid_reason == "prompt cache hit: the server evaluated 4 of 100 prompt tokens"
+
+
+@pytest.mark.asyncio
+async def test_a_failure_mid_stream_is_a_sample_with_its_partial_data() -> None:
+    sample = await _measure(ScriptedBackend(_tokens(8), fail_after=5), 8)
+    assert not sample.ok
+    assert sample.error == "BackendTimeoutError: no token within 1 s"
+    assert sample.output_tokens == 5
+    assert sample.ttft_s is not None
+    assert sample.invalid_reason == "error: BackendTimeoutError: no token within 1 s"
+
+
+@pytest.mark.asyncio
+async def test_multi_token_chunks_spread_their_gap() -> None:
+    script = [(0.004, Chunk("ab", 2, 0.0)), (0.008, Chunk("cd", 2, 0.0, finish_reason="length"))]
+    sample = await _measure(ScriptedBackend(script), 4)
+    assert sample.output_tokens == 4
+    assert len(sample.itl_s) == 3
+
+
+@pytest.mark.asyncio
+async def test_server_rates_use_the_engine_own_counts() -> None:
+    timings = ServerTimings(
+        prompt_tokens=200, prompt_s=0.5, output_tokens=8, decode_tokens=7, decode_s=0.35
+    )
+    sample = await _measure(ScriptedBackend(_tokens(8, timings=timings)), 8)
+    assert sample.server_prefill_tokens_per_s == pytest.approx(400)
+    assert sample.server_decode_tokens_per_s == pytest.approx(20)
+
+
+@pytest.mark.asyncio
+async def test_measure_runs_warmups_and_reports_every_sample() -> None:
+    seen: list[Sample] = []
+    requests: list[int] = []
+
+    def make(i: int) -> GenerateRequest:
+        requests.append(i)
+        return GenerateRequest("m", f"p{i}", max_tokens=4)
+
+    samples = await measure(
+        ScriptedBackend(_tokens(4)), make, samples=3, warmups=2, on_sample=seen.append
+    )
+    assert requests == [0, 1, 2, 3, 4]
+    assert [s.warmup for s in samples] == [True, True, False, False, False]
+    assert seen == samples
+    assert summarize_samples(samples)["ttft_s"].n == 3
+
+
+def test_sample_round_trips_through_a_dict() -> None:
+    sample = Sample(
+        requested_tokens=4,
+        ok=True,
+        output_tokens=4,
+        itl_s=(0.1, 0.2, 0.1),
+        server=ServerTimings(prompt_tokens=3, prompt_s=0.2),
+    )
+    assert Sample.from_dict(sample.to_dict()) == sample
+
+
+def test_summary_statistics() -> None:
+    summary = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert summary is not None
+    assert summary.median == 3.0
+    assert summary.mad == 1.0
+    assert summary.iqr == 2.0
+    assert summary.n == 5
+    assert summarize([]) is None
+
+
+def test_error_rate_ignores_warmups() -> None:
+    ok = Sample(requested_tokens=1, ok=True)
+    failed = Sample(requested_tokens=1, ok=False, error="x")
+    warm_fail = Sample(requested_tokens=1, ok=False, error="x", warmup=True)
+    assert error_rate([ok, failed, warm_fail, ok]) == pytest.approx(1 / 3)
