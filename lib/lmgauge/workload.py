@@ -1,0 +1,183 @@
+"""Prompts of an exact token length, distinct per sample.
+
+Prefill speed is only comparable between runs when the prompt length is exact, and only
+real when no prompt cache serves it: each seed shuffles the words differently, so two
+prompts already differ at their first token and no prefix can be reused.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+WORDS = (
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+    "foot",
+    "boy",
+    "age",
+    "policy",
+    "process",
+    "music",
+    "market",
+    "sense",
+    "nation",
+    "plan",
+    "college",
+    "interest",
+    "death",
+    "experience",
+    "effect",
+    "use",
+    "class",
+    "control",
+    "care",
+    "field",
+    "development",
+    "role",
+    "effort",
+    "rate",
+    "heart",
+)
+
+
+def exact_prompt(n_tokens: int, count_tokens: Callable[[str], int], *, seed: int = 0) -> str:
+    """A prompt of exactly ``n_tokens`` tokens as ``count_tokens`` counts them.
+
+    Raises ValueError if the tokenizer cannot be brought to that length exactly.
+    """
+    if n_tokens < 1:
+        raise ValueError(f"a prompt needs at least 1 token, got {n_tokens}")
+    rng = random.Random(seed)
+    words: list[str] = []
+    while len(words) < n_tokens:
+        batch = list(WORDS)
+        rng.shuffle(batch)
+        words.extend(batch)
+
+    def text(k: int) -> str:
+        return " ".join(words[:k])
+
+    low, high = 1, n_tokens  # every word is at least one token: k <= n_tokens
+    while low < high:  # the most words that stay within n_tokens
+        middle = (low + high + 1) // 2
+        if count_tokens(text(middle)) <= n_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    prompt = text(low)
+    count = count_tokens(prompt)
+    if count > n_tokens:  # even one word is too long: build from punctuation alone
+        prompt, count = "", 0
+    while count < n_tokens:  # pad with whatever adds tokens without overshooting
+        for suffix in (" .", ".", " the", "!", " a", ","):
+            longer = count_tokens(prompt + suffix)
+            if count < longer <= n_tokens:
+                prompt, count = prompt + suffix, longer
+                break
+        else:
+            break
+    if count != n_tokens:
+        raise ValueError(
+            f"could not build a prompt of exactly {n_tokens} tokens with this "
+            f"tokenizer (got {count})"
+        )
+    return prompt

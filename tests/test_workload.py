@@ -1,0 +1,29 @@
+"""Prompts of an exact token length."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmgauge.workload import exact_prompt
+
+
+def words_and_punctuation(text: str) -> int:
+    return len(text.replace(".", " .").replace("!", " !").replace(",", " ,").split())
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 400), st.integers(0, 1000))
+def test_exact_length_under_a_simple_tokenizer(n: int, seed: int) -> None:
+    assert words_and_punctuation(exact_prompt(n, words_and_punctuation, seed=seed)) == n
+
+
+def test_prompts_differ_from_their_first_word() -> None:
+    first_words = {exact_prompt(64, words_and_punctuation, seed=s).split()[0] for s in range(20)}
+    assert len(first_words) > 10
+
+
+def test_an_impossible_length_is_an_error() -> None:
+    with pytest.raises(ValueError, match="could not build a prompt of exactly 5 tokens"):
+        exact_prompt(5, lambda text: 2 * len(text.split()), seed=0)
+    with pytest.raises(ValueError, match="at least 1 token"):
+        exact_prompt(0, len)
