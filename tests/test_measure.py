@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -57,9 +58,7 @@ class ScriptedBackend:
             if self.fail_after is not None and index == self.fail_after:
                 raise BackendTimeoutError("no token within 1 s")
             await asyncio.sleep(max(0.0, start + offset - loop.time()))
-            yield Chunk(
-                chunk.text, chunk.tokens, time.perf_counter(), chunk.finish_reason, chunk.timings
-            )
+            yield dataclasses.replace(chunk, at_s=time.perf_counter())
 
 
 def _tokens(
@@ -189,3 +188,20 @@ def test_error_rate_ignores_warmups() -> None:
     failed = Sample(requested_tokens=1, ok=False, error="x")
     warm_fail = Sample(requested_tokens=1, ok=False, error="x", warmup=True)
     assert error_rate([ok, failed, warm_fail, ok]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.asyncio
+async def test_thinking_tokens_are_counted_apart_from_the_answer() -> None:
+    script = [
+        (0.002, Chunk("<think>", 1, 0.0, reasoning=True)),
+        (0.004, Chunk("hm", 1, 0.0, reasoning=True)),
+        (0.006, Chunk("</think>", 1, 0.0, reasoning=True)),
+        (0.008, Chunk("Yes", 1, 0.0)),
+        (0.010, Chunk(".", 1, 0.0, finish_reason="length")),
+    ]
+    sample = await _measure(ScriptedBackend(script), 5)
+    assert sample.output_tokens == 5
+    assert sample.thinking_tokens == 3
+    assert sample.ttft_s is not None
+    assert sample.time_to_first_answer_s is not None
+    assert sample.time_to_first_answer_s > sample.ttft_s

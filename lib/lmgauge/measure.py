@@ -30,6 +30,8 @@ class Sample:
     prompt_tokens: int | None = None
     finish_reason: str | None = None
     ttft_s: float | None = None
+    thinking_tokens: int = 0  # of output_tokens, those spent thinking (Qwen3 <think>)
+    time_to_first_answer_s: float | None = None  # first token after the thinking
     itl_s: tuple[float, ...] = ()
     e2e_s: float | None = None
     server: ServerTimings | None = None
@@ -131,6 +133,8 @@ async def measure_one(
     token_times: list[float] = []  # one entry per generated token
     finish_reason: str | None = None
     server: ServerTimings | None = None
+    thinking_tokens = 0
+    first_answer_at: float | None = None
     last_at = start
     error: str | None = None
     try:
@@ -140,6 +144,10 @@ async def measure_one(
                 gap = (chunk.at_s - last_at) / chunk.tokens
                 token_times.extend(last_at + gap * (i + 1) for i in range(chunk.tokens))
                 last_at = chunk.at_s
+                if chunk.reasoning:
+                    thinking_tokens += chunk.tokens
+                elif first_answer_at is None:
+                    first_answer_at = chunk.at_s
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
             if chunk.timings is not None:
@@ -151,34 +159,25 @@ async def measure_one(
     ttft = token_times[0] - start if token_times else None
     itl = tuple(b - a for a, b in itertools.pairwise(token_times))
     if error is not None:
-        return Sample(
-            requested_tokens=request.max_tokens,
-            ok=False,
-            output_tokens=len(token_times),
-            prompt_tokens=prompt_tokens,
-            finish_reason=finish_reason,
-            ttft_s=ttft,
-            itl_s=itl,
-            e2e_s=end - start,
-            server=server,
-            error=error,
-            invalid_reason=f"error: {error}",
-            started_unix_s=started_unix,
-            warmup=warmup,
+        invalid_reason: str | None = f"error: {error}"
+    else:
+        invalid_reason = _invalid_reason(
+            request.max_tokens, len(token_times), finish_reason, server, expected_prompt_tokens
         )
     return Sample(
         requested_tokens=request.max_tokens,
-        ok=True,
+        ok=error is None,
         output_tokens=len(token_times),
         prompt_tokens=prompt_tokens,
         finish_reason=finish_reason,
         ttft_s=ttft,
+        thinking_tokens=thinking_tokens,
+        time_to_first_answer_s=None if first_answer_at is None else first_answer_at - start,
         itl_s=itl,
         e2e_s=end - start,
         server=server,
-        invalid_reason=_invalid_reason(
-            request.max_tokens, len(token_times), finish_reason, server, expected_prompt_tokens
-        ),
+        error=error,
+        invalid_reason=invalid_reason,
         started_unix_s=started_unix,
         warmup=warmup,
     )

@@ -20,6 +20,7 @@ class BackendInfo:
     version: str  # of the engine or server, as it reports itself
     endpoint: str  # base URL, or "in-process"
     synthetic_weights: bool = False  # output text is meaningless; say so in reports
+    can_unload: bool = True  # False where the API cannot unload (plain OpenAI servers)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class GenerateRequest:
     ignore_eos: bool = True  # generate exactly max_tokens where the engine allows it
     use_prompt_cache: bool = False  # False: every sample pays its own prefill
     chat: bool = False  # chat endpoint and template instead of raw completion
+    thinking: bool | None = None  # Qwen3 thinking on/off; None leaves the model's default
     timeout_s: float = 600.0  # limit on the wait for any one token, not the whole request
+    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-request engine options passed through as they are (e.g. Ollama's num_batch)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Chunk:
     at_s: float  # perf_counter() when the chunk was produced or received
     finish_reason: str | None = None  # "length", "stop", ... on the last chunk
     timings: ServerTimings | None = None  # on the last chunk, where the server reports them
+    reasoning: bool = False  # thinking tokens (Qwen3 <think>...</think>), not the answer
 
 
 @dataclass(frozen=True)
