@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -33,14 +33,20 @@ TINY_QWEN3 = Architecture(
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf() -> Path:
-    """A Q8_0 GGUF of TINY_QWEN3, built once and cached under ~/.cache/lmgauge/models."""
+def tiny_model() -> Callable[[str], Path]:
+    """Build (once, cached under ~/.cache/lmgauge/models) a GGUF of TINY_QWEN3 at a quant."""
     pytest.importorskip(
         "llama_cpp", reason="the embedded engine is not installed: run scripts/setup.sh"
     )
     from lmgauge.synthetic import synthetic_gguf
 
-    return synthetic_gguf(TINY_QWEN3, "Q8_0")
+    return lambda quantization: synthetic_gguf(TINY_QWEN3, quantization)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model: Callable[[str], Path]) -> Path:
+    """The tiny model at Q8_0."""
+    return tiny_model("Q8_0")
 
 
 def _free_port() -> int:

@@ -160,3 +160,10 @@ def test_malformed_overrides_are_named(tmp_path: Path, text: str, error: str) ->
 def test_missing_overrides_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read catalog overrides"):
         CATALOG.with_overrides(tmp_path / "absent.toml")
+
+
+def test_the_thinking_label_runs_with_the_seeds_timeout_and_one_request_at_a_time() -> None:
+    entry = resolve_model("qwen3-30b-thinking")
+    assert (entry.thinking, entry.request_timeout_s, entry.max_concurrency) == (True, 1800.0, 1)
+    plain = resolve_model("qwen3-30b")
+    assert (plain.thinking, plain.max_concurrency) == (False, None)

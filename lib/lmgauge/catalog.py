@@ -282,6 +282,8 @@ class ModelEntry:
     backed_by: str  # what real model serves this label, in words
     tags: Mapping[str, str]  # backend -> template; "{quant}" is the backend's spelling
     thinking: bool = False  # a model that always thinks (Qwen3 Thinking-2507)
+    request_timeout_s: float = 600.0
+    max_concurrency: int | None = None  # None: the backend's own limit
 
     def tag(self, backend: str, quantization: str | Quantization) -> str:
         """The model name a backend knows, e.g. ``qwen3:8b-q4_K_M`` for Ollama."""
@@ -333,7 +335,12 @@ def _entry(
     thinking: bool = False,
 ) -> ModelEntry:
     tags = MappingProxyType({"ollama": ollama, "lmstudio": lmstudio, "mlx": mlx})
-    return ModelEntry(label, arch, backed_by, tags, thinking)
+    if not thinking:
+        return ModelEntry(label, arch, backed_by, tags)
+    # Seeds 000 and 002 give the thinking model a 1800 s timeout and one request at a time.
+    return ModelEntry(
+        label, arch, backed_by, tags, thinking=True, request_timeout_s=1800.0, max_concurrency=1
+    )
 
 
 _MODELS = (
