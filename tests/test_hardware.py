@@ -28,3 +28,37 @@ def test_roofline_matches_facts_example() -> None:
     assert with_kv < 80
     with pytest.raises(ValueError, match="must be positive"):
         decode_roofline_tokens_per_s(400e9, 0)
+
+
+def test_profile_slugs() -> None:
+    from lmgauge.hardware import REFERENCE_PROFILES, HostFingerprint
+
+    mac = HostFingerprint("Darwin", "arm64", "Apple M3 Max", 16, 128 * 2**30, "24.1", 40)
+    assert mac.profile == "apple-m3-max-128gb"
+    assert REFERENCE_PROFILES[mac.profile].bandwidth_bytes_per_s == 400e9
+    linux = HostFingerprint("Linux", "x86_64", "AMD EPYC", 2, 25_276_502_016, "6.1")
+    assert linux.profile == "linux-x86_64-2c-24gb"
+
+
+def test_this_host_has_a_fingerprint() -> None:
+    from lmgauge.hardware import fingerprint
+
+    host = fingerprint()
+    assert host.logical_cores >= 1
+    assert host.memory_bytes > 2**30
+    assert host.profile.endswith("gb")
+
+
+def test_macos_details_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmgauge import hardware
+
+    outputs = {
+        "sysctl": "Apple M3 Max\n",
+        "system_profiler": "      Chipset Model: Apple M3 Max\n      Total Number of Cores: 40\n",
+        "pmset": "Now drawing from 'AC Power'\n -InternalBattery-0\nCPU_Speed_Limit = 100\n",
+    }
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(hardware, "_run", lambda *command: outputs[command[0]])
+    host = hardware.fingerprint()
+    assert (host.cpu, host.gpu_cores, host.power_source) == ("Apple M3 Max", 40, "AC Power")
+    assert host.thermal_state == "CPU_Speed_Limit = 100"

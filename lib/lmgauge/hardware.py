@@ -1,4 +1,4 @@
-"""The host: memory bandwidth, and the decode roofline it implies.
+"""The host: its fingerprint and profile slug, memory bandwidth, and the decode roofline.
 
 Decoding one token reads every active weight once plus the KV cache so far, so
 decode tokens/s <= bandwidth / (active weight bytes + KV bytes read per token).
@@ -7,13 +7,100 @@ decode tokens/s <= bandwidth / (active weight bytes + KV bytes read per token).
 from __future__ import annotations
 
 import os
+import platform
+import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 
-from lmgauge.catalog import GB
+from lmgauge.catalog import GB, GiB
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    bandwidth_bytes_per_s: float
+    source: str
+
+
+REFERENCE_PROFILES = {
+    "apple-m3-max-128gb": ReferenceProfile(
+        400e9, "public: Apple M3 Max 16-core CPU / 40-core GPU, 400 GB/s (FACTS.md)"
+    ),
+}
+"""Machines whose bandwidth is known from public figures rather than measured here."""
+
+
+@dataclass(frozen=True)
+class HostFingerprint:
+    system: str  # "Linux", "Darwin"
+    machine: str  # "x86_64", "arm64"
+    cpu: str  # model name, or the Apple chip ("Apple M3 Max")
+    logical_cores: int
+    memory_bytes: int
+    os_release: str
+    gpu_cores: int | None = None  # Apple Silicon only
+    power_source: str | None = None  # macOS: "AC Power" or "Battery Power"
+    thermal_state: str | None = None  # macOS: pmset's CPU speed limit line
+
+    @property
+    def profile(self) -> str:
+        """A slug such as ``apple-m3-max-128gb`` or ``linux-x86_64-2c-24gb``."""
+        memory_gb = round(self.memory_bytes / GiB)
+        if self.cpu.startswith("Apple "):
+            chip = re.sub(r"[^a-z0-9]+", "-", self.cpu.lower()).strip("-")
+            return f"{chip}-{memory_gb}gb"
+        return f"{self.system.lower()}-{self.machine}-{self.logical_cores}c-{memory_gb}gb"
+
+
+def _run(*command: str) -> str:
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _linux_cpu() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def fingerprint() -> HostFingerprint:
+    """Describe this host; macOS details are read where the tools allow, else left None."""
+    system = platform.system()
+    cpu, gpu_cores, power, thermal = _linux_cpu(), None, None, None
+    if system == "Darwin":
+        cpu = _run("sysctl", "-n", "machdep.cpu.brand_string").strip() or "unknown"
+        cores = re.search(
+            r"Total Number of Cores:\s*(\d+)", _run("system_profiler", "SPDisplaysDataType")
+        )
+        gpu_cores = int(cores.group(1)) if cores else None
+        drawing = re.search(r"drawing from '([^']+)'", _run("pmset", "-g", "batt"))
+        power = drawing.group(1) if drawing else None
+        limit = re.search(r"CPU_Speed_Limit\s*=\s*\d+", _run("pmset", "-g", "therm"))
+        thermal = limit.group(0) if limit else None
+    return HostFingerprint(
+        system=system,
+        machine=platform.machine(),
+        cpu=cpu,
+        logical_cores=os.cpu_count() or 1,
+        memory_bytes=psutil.virtual_memory().total,
+        os_release=platform.release(),
+        gpu_cores=gpu_cores,
+        power_source=power,
+        thermal_state=thermal,
+    )
 
 
 @dataclass(frozen=True)
