@@ -1,15 +1,21 @@
-"""Summaries of measured samples: robust statistics, per metric.
+"""Summaries of measured samples, and the verdict of a comparison with a baseline.
 
 Medians and percentiles rather than means: one slow sample on a noisy machine moves a
 mean, not a median. Spread is the MAD (median absolute deviation) and the IQR.
+
+A verdict needs both a significant difference (Mann-Whitney U, two-sided) and an effect
+larger than the metric's tolerance: a 1% change that is significant is no regression, and
+a 30% change on three noisy samples is "inconclusive" until more samples say otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from lmgauge.measure import Sample
 
@@ -78,3 +84,71 @@ def error_rate(samples: Sequence[Sample]) -> float:
     """Share of measured (non-warm-up) requests that failed."""
     measured = [s for s in samples if not s.warmup]
     return sum(not s.ok for s in measured) / len(measured) if measured else 0.0
+
+
+Verdict = Literal["pass", "regression", "improvement", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline_median: float
+    candidate_median: float
+    ratio: float  # candidate / baseline
+    p_value: float | None
+    verdict: Verdict
+    higher_is_better: bool
+    tolerance: float
+    reason: str
+
+    def describe(self) -> str:
+        """E.g. "1.18x slower (significant, p=0.003)" or "no significant change"."""
+        if self.verdict == "inconclusive":
+            return f"inconclusive: {self.reason}"
+        if self.verdict == "pass":
+            return f"no significant change ({self.reason})"
+        factor = self.ratio if self.ratio >= 1 else 1 / self.ratio
+        if self.higher_is_better:  # rates: tokens/s, docs/min
+            word = "faster" if self.ratio > 1 else "slower"
+        else:  # latencies and memory
+            word = "higher" if self.ratio > 1 else "lower"
+        return f"{factor:.2f}x {word} (significant, p={self.p_value:.3g})"
+
+
+def compare(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    higher_is_better: bool,
+    tolerance: float = 0.05,
+    alpha: float = 0.05,
+    min_samples: int = 3,
+) -> Comparison:
+    """Compare two samples of one metric: pass, regression, improvement or inconclusive."""
+    if tolerance < 0 or not 0 < alpha < 1:
+        raise ValueError(f"need tolerance >= 0 and 0 < alpha < 1, got {tolerance}, {alpha}")
+    base = np.asarray(baseline, dtype=float)
+    cand = np.asarray(candidate, dtype=float)
+    base_median = float(np.median(base)) if base.size else float("nan")
+    cand_median = float(np.median(cand)) if cand.size else float("nan")
+    ratio = cand_median / base_median if base_median else float("nan")
+
+    def result(verdict: Verdict, reason: str, p: float | None = None) -> Comparison:
+        return Comparison(
+            base_median, cand_median, ratio, p, verdict, higher_is_better, tolerance, reason
+        )
+
+    if base.size < min_samples or cand.size < min_samples:
+        return result(
+            "inconclusive", f"too few samples ({base.size} vs {cand.size}; need {min_samples} each)"
+        )
+    change = ratio - 1 if higher_is_better else 1 - ratio  # > 0: better
+    p_value = float(scipy_stats.mannwhitneyu(base, cand, alternative="two-sided").pvalue)
+    if abs(change) <= tolerance:
+        return result("pass", f"{ratio:.3f}x, within the {tolerance:.0%} tolerance", p_value)
+    if p_value >= alpha:
+        return result(
+            "inconclusive",
+            f"{ratio:.3f}x but not significant (p={p_value:.3g} >= {alpha})",
+            p_value,
+        )
+    return result("improvement" if change > 0 else "regression", f"{ratio:.3f}x", p_value)
