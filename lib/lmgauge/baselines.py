@@ -1,0 +1,151 @@
+"""Baselines: ``baselines/<profile>/<backend>.json``, versioned, with their environment.
+
+Format history:
+    1 -- first version: per case, its environment and per-metric values with provenance.
+
+Every metric of a case carries its provenance: ``measured`` (raw values from a run on
+that profile), ``derived`` (computed, e.g. a bandwidth roofline times a stated
+efficiency; one value) or ``public`` (a published figure; one value, with its source).
+A baseline is written only when asked (``--update-baselines``), atomically, and the
+previous file is kept beside it as ``<backend>.json.prev``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lmgauge.errors import ConfigError
+
+FORMAT = "lmgauge-baseline"
+VERSION = 1
+Provenance = Literal["measured", "derived", "public"]
+ENVIRONMENT_KEYS = (
+    "model",
+    "model_digest",
+    "quantization",
+    "context_tokens",
+    "backend",
+    "backend_version",
+    "profile",
+)
+"""What must match before two measurements may be compared."""
+
+
+@dataclass(frozen=True)
+class MetricBaseline:
+    values: tuple[float, ...]
+    provenance: Provenance
+    source: str = ""  # how a derived value was computed, or where a public one was published
+
+
+@dataclass(frozen=True)
+class CaseBaseline:
+    environment: Mapping[str, Any]
+    metrics: Mapping[str, MetricBaseline]
+
+
+@dataclass(frozen=True)
+class BaselineFile:
+    profile: str
+    backend: str
+    cases: Mapping[str, CaseBaseline] = field(default_factory=dict)
+    host: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "profile": self.profile,
+            "backend": self.backend,
+            "host": dict(self.host),
+            "cases": {
+                case_id: {
+                    "environment": dict(case.environment),
+                    "metrics": {m: asdict(b) for m, b in case.metrics.items()},
+                }
+                for case_id, case in sorted(self.cases.items())
+            },
+        }
+
+
+def baseline_path(root: Path, profile: str, backend: str) -> Path:
+    return root / profile / f"{backend}.json"
+
+
+def load_baseline(path: Path) -> BaselineFile | None:
+    """The baseline at ``path``; None if there is none. A corrupt file is an error naming it."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"baseline {path} cannot be read ({exc}); restore it from "
+            f"{path.name}.prev or git, or delete it and run with "
+            "--update-baselines"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not an lmgauge baseline (no format {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise ConfigError(
+            f"baseline {path} has format version {data.get('version')!r}; this "
+            f"lmgauge reads version {VERSION}: upgrade lmgauge or re-record it"
+        )
+    try:
+        cases = {
+            case_id: CaseBaseline(
+                environment=dict(case["environment"]),
+                metrics={
+                    name: MetricBaseline(
+                        tuple(float(v) for v in metric["values"]),
+                        metric["provenance"],
+                        metric.get("source", ""),
+                    )
+                    for name, metric in case["metrics"].items()
+                },
+            )
+            for case_id, case in data["cases"].items()
+        }
+        for case_id, case in cases.items():
+            for name, metric in case.metrics.items():
+                if metric.provenance not in ("measured", "derived", "public"):
+                    raise ValueError(f"{case_id} {name}: provenance {metric.provenance!r}")
+        return BaselineFile(data["profile"], data["backend"], cases, data.get("host", {}))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"baseline {path} is malformed ({type(exc).__name__}: {exc}); "
+            "restore it or re-record it with --update-baselines"
+        ) from exc
+
+
+def save_baseline(path: Path, baseline: BaselineFile) -> None:
+    """Write atomically (temp file + rename), keeping the previous file as ``.prev``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(baseline.to_json(), indent=1, sort_keys=False) + "\n"
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".prev"))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def environment_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The environment keys that differ, as "key: baseline -> current" lines."""
+    return [
+        f"{key}: {baseline.get(key)!r} -> {current.get(key)!r}"
+        for key in ENVIRONMENT_KEYS
+        if baseline.get(key) != current.get(key)
+    ]

@@ -1,0 +1,75 @@
+"""The baseline store: versioned, atomic, never silently overwritten."""
+
+from pathlib import Path
+
+import pytest
+
+from lmgauge.baselines import (
+    BaselineFile,
+    CaseBaseline,
+    MetricBaseline,
+    baseline_path,
+    environment_differences,
+    load_baseline,
+    save_baseline,
+)
+from lmgauge.errors import ConfigError
+
+ENV = {
+    "model": "qwen3-7b",
+    "model_digest": "abc",
+    "quantization": "Q4_K_M",
+    "context_tokens": 4096,
+    "backend": "llamacpp",
+    "backend_version": "0.3.36",
+    "profile": "linux-x86_64-2c-24gb",
+}
+
+
+def _baseline(decode: float) -> BaselineFile:
+    metric = MetricBaseline((decode, decode + 1, decode - 1), "measured")
+    case = CaseBaseline(ENV, {"decode_tokens_per_s": metric})
+    return BaselineFile("linux-x86_64-2c-24gb", "llamacpp", {"case-a": case}, {"cpu": "x"})
+
+
+def test_round_trip_and_the_previous_file_is_kept(tmp_path: Path) -> None:
+    path = baseline_path(tmp_path, "linux-x86_64-2c-24gb", "llamacpp")
+    assert load_baseline(path) is None
+    save_baseline(path, _baseline(7.0))
+    save_baseline(path, _baseline(8.0))
+    loaded = load_baseline(path)
+    assert loaded == _baseline(8.0)
+    previous = load_baseline(path.with_name("llamacpp.json.prev"))
+    assert previous == _baseline(7.0)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["llamacpp.json", "llamacpp.json.prev"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "cannot be read"),
+        ('{"format": "other"}', "is not an lmgauge baseline"),
+        ('{"format": "lmgauge-baseline", "version": 99}', "format version 99"),
+        (
+            '{"format": "lmgauge-baseline", "version": 1, "profile": "p", "backend": "b", '
+            '"cases": {"c": {"environment": {}, "metrics": {"m": {"values": [1], '
+            '"provenance": "guessed"}}}}}',
+            "malformed",
+        ),
+    ],
+)
+def test_a_corrupt_baseline_names_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "llamacpp.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_baseline(path)
+    assert str(path) in str(info.value)
+
+
+def test_environment_differences_are_listed() -> None:
+    current = {**ENV, "quantization": "Q8_0", "backend_version": "0.3.37"}
+    assert environment_differences(ENV, current) == [
+        "quantization: 'Q4_K_M' -> 'Q8_0'",
+        "backend_version: '0.3.36' -> '0.3.37'",
+    ]
+    assert environment_differences(ENV, dict(ENV)) == []
