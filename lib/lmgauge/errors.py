@@ -9,6 +9,7 @@ Each message names the thing at fault and the fix.
     │   ├── UnknownModelError       a model label that is not in the catalog
     │   ├── UnknownQuantizationError
     │   └── ContextTooLargeError    a context beyond the model's maximum
+    ├── InsufficientResourcesError  not enough disk or memory to build or run something
     ├── PlanningError               memory planning and routing
     │   ├── DoesNotFitError         a model larger than the memory it must fit in
     │   └── NoFeasibleModelError    no candidate fits the memory given
@@ -46,6 +47,10 @@ class UnknownQuantizationError(ConfigError):
 
 class ContextTooLargeError(ConfigError):
     """A context length beyond what the model supports."""
+
+
+class InsufficientResourcesError(LmgaugeError):
+    """Not enough disk or memory for what was asked; checked before anything is written."""
 
 
 class PlanningError(LmgaugeError):

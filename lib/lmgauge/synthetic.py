@@ -42,7 +42,12 @@ import numpy as np
 import psutil
 
 from lmgauge.catalog import Architecture, resolve_model, resolve_quant
-from lmgauge.errors import BackendError, BackendUnavailableError, ConfigError, LmgaugeError
+from lmgauge.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    InsufficientResourcesError,
+)
 from lmgauge.synthetic_tokenizer import tokenizer_data
 
 GENERATOR_VERSION = 1
@@ -64,10 +69,6 @@ _MARGIN = 512 * 1024**2
 _HEADER_ALLOWANCE = 16 * 1024**2  # tokenizer and metadata: ~4 MB for Qwen's vocabulary
 
 logger = logging.getLogger(__name__)
-
-
-class InsufficientResourcesError(LmgaugeError):
-    """Not enough free disk or memory to build a synthetic model; nothing was written."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""The pytest plugin: options, the case matrix, verdicts and thresholds as test outcomes.
+
+Registered as the ``lmgauge`` pytest11 entry point. Tests ask for a ``case`` (one
+backend x model x quantization x context) and call ``lmgauge.check(case, metric)``,
+which measures the case once per session, compares the metric with the baseline of
+this hardware profile, applies the planning documents' thresholds, records a row of
+the verdict table printed at the end, and fails the test on a regression or a breach.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmgauge.backends import BACKEND_NAMES
+from lmgauge.runner import Case, Runner, Workload, build_cases
+from lmgauge.verdicts import CheckSession
+
+SESSION = pytest.StashKey[CheckSession]()
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lmgauge", "lmgauge: local LLM serving benchmarks")
+    group.addoption(
+        "--lmgauge-backend",
+        choices=BACKEND_NAMES,
+        default="auto",
+        help="backend to measure (default: auto, the first server that answers on "
+        "loopback, else the embedded llama.cpp engine)",
+    )
+    group.addoption("--lmgauge-url", default=None, help="base URL of the server")
+    group.addoption("--lmgauge-models", default=None, help="comma-separated model labels")
+    group.addoption("--lmgauge-quants", default=None, help="comma-separated quantizations")
+    group.addoption("--lmgauge-contexts", default=None, help="comma-separated context sizes")
+    group.addoption("--lmgauge-samples", type=int, default=5, help="samples per case")
+    group.addoption(
+        "--lmgauge-max-samples",
+        type=int,
+        default=15,
+        help="cap of extra sampling when a verdict is inconclusive",
+    )
+    group.addoption("--lmgauge-prompt-tokens", type=int, default=128)
+    group.addoption("--lmgauge-max-tokens", type=int, default=32, help="tokens to generate")
+    group.addoption("--lmgauge-threads", type=int, default=None, help="engine threads")
+    group.addoption(
+        "--lmgauge-profile",
+        default=None,
+        help="hardware profile (default: this host's, e.g. linux-x86_64-2c-24gb)",
+    )
+    group.addoption("--lmgauge-baselines", default="baselines", help="baseline directory")
+    group.addoption(
+        "--lmgauge-tolerance",
+        type=float,
+        default=0.05,
+        help="smallest change that counts as a regression (default 0.05 = 5%%)",
+    )
+    group.addoption(
+        "--update-baselines",
+        action="store_true",
+        help="write this run's measurements as the baseline (keeps the old file)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "heavy: a case whose model has more than 1B parameters "
+        "on the embedded engine (minutes on a 2-core machine)",
+    )
+    if config.getoption("--help", default=False):
+        return
+    config.stash[SESSION] = CheckSession.from_options(
+        backend=config.getoption("--lmgauge-backend"),
+        base_url=config.getoption("--lmgauge-url"),
+        workload=Workload(
+            prompt_tokens=config.getoption("--lmgauge-prompt-tokens"),
+            max_tokens=config.getoption("--lmgauge-max-tokens"),
+            samples=config.getoption("--lmgauge-samples"),
+            max_samples=config.getoption("--lmgauge-max-samples"),
+            threads=config.getoption("--lmgauge-threads"),
+        ),
+        profile=config.getoption("--lmgauge-profile"),
+        baselines=Path(config.getoption("--lmgauge-baselines")),
+        tolerance=config.getoption("--lmgauge-tolerance"),
+        update_baselines=config.getoption("--update-baselines"),
+        runner_factory=Runner,
+    )
+
+
+def _cases(config: pytest.Config) -> list[Case]:
+    session = config.stash[SESSION]
+    contexts = _csv(config.getoption("--lmgauge-contexts"))
+    return build_cases(
+        session.backend_name,
+        _csv(config.getoption("--lmgauge-models")),
+        _csv(config.getoption("--lmgauge-quants")),
+        [int(c) for c in contexts] if contexts else None,
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    params = [
+        pytest.param(case, id=case.id, marks=[pytest.mark.heavy] if case.heavy else [])
+        for case in _cases(metafunc.config)
+    ]
+    metafunc.parametrize("case", params)
+
+
+def _case_of(item: pytest.Item) -> Case | None:
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get("case") if callspec is not None else None
+    return case if isinstance(case, Case) else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run all tests of one case together: switching models costs a reload each time."""
+    order: dict[str, int] = {}
+    for item in items:
+        case = _case_of(item)
+        if case is not None:
+            order.setdefault(case.id, len(order))
+
+    def position(item: pytest.Item) -> int:
+        case = _case_of(item)
+        return -1 if case is None else order[case.id]
+
+    items.sort(key=position)
+
+
+@pytest.fixture(scope="session")
+def lmgauge(request: pytest.FixtureRequest) -> CheckSession:
+    """The session: ``lmgauge.check(case, metric)`` measures, compares and judges."""
+    return request.config.stash[SESSION]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    session = terminalreporter.config.stash.get(SESSION, None)
+    if session is None or not session.rows:
+        return
+    terminalreporter.section("lmgauge verdicts")
+    for line in session.table_lines():
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    check_session = session.config.stash.get(SESSION, None)
+    if check_session is not None:
+        check_session.write_baselines()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        session.finish()

@@ -1,0 +1,247 @@
+"""Benchmark cases and their measurement.
+
+A case is (backend, model label, quantization, context). It is measured once, lazily,
+the first time a test asks for it; the metric tests of that case (decode, prefill, TTFT,
+ITL, memory, load) read the same samples. All backend calls run on one event loop that
+lives as long as the session, so a server connection or a loaded model is reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from lmgauge import backends
+from lmgauge.backends.base import Backend, GenerateRequest, LoadResult, LoadSettings, MemoryReport
+from lmgauge.catalog import GB, SEED_LABELS, resolve_model, resolve_quant
+from lmgauge.errors import ContextTooLargeError, InsufficientResourcesError, LmgaugeError
+from lmgauge.measure import Sample, measure
+from lmgauge.planner import estimate_memory
+from lmgauge.workload import exact_prompt
+
+DEFAULT_MATRIX: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = {
+    # Small enough for a 2-core machine: the qwen3-7b shape runs in about 2 minutes warm.
+    "llamacpp": (("qwen3-0.6b", "qwen3-7b"), ("Q4_K_M",), (4096,)),
+    # The reference machine's matrix (seeds): their models x two quantizations x 4K-32K.
+    "mlx": (SEED_LABELS, ("4bit", "8bit"), (4096, 16384, 32768)),
+    "servers": (SEED_LABELS, ("Q4_K_M", "Q8_0"), (4096, 16384, 32768)),
+}
+HEAVY_PARAMS = 1e9  # on the embedded engine, a case above this is marked `heavy`
+
+
+@dataclass(frozen=True)
+class Case:
+    backend: str
+    label: str
+    quantization: str
+    context_tokens: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.label}-{self.quantization}-ctx{self.context_tokens}"
+
+    @property
+    def heavy(self) -> bool:
+        params = resolve_model(self.label).architecture.total_params
+        return self.backend == "llamacpp" and params > HEAVY_PARAMS
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt_tokens: int = 128
+    max_tokens: int = 32
+    samples: int = 5
+    max_samples: int = 15  # the cap of sequential sampling when a verdict is inconclusive
+    warmups: int = 1
+    threads: int | None = None
+
+
+@dataclass
+class CaseRun:
+    case: Case
+    environment: dict[str, Any] = field(default_factory=dict)
+    load: LoadResult | None = None
+    samples: list[Sample] = field(default_factory=list)
+    memory: MemoryReport | None = None
+    skipped: str | None = None  # why the case cannot run on this host
+    error: str | None = None  # why it failed before any sample
+
+
+def build_cases(
+    backend: str,
+    models: Sequence[str] | None = None,
+    quantizations: Sequence[str] | None = None,
+    contexts: Sequence[int] | None = None,
+) -> list[Case]:
+    """The matrix; unknown labels, quantizations and oversized contexts fail here, before
+    anything loads."""
+    default = DEFAULT_MATRIX.get(backend, DEFAULT_MATRIX["servers"])
+    labels = [resolve_model(m).label for m in (models or default[0])]
+    quants = [resolve_quant(q).name for q in (quantizations or default[1])]
+    for label in labels:
+        for context in contexts or default[2]:
+            limit = resolve_model(label).architecture.max_context
+            if context > limit:
+                raise ContextTooLargeError(
+                    f"{label} supports at most {limit} tokens of context; "
+                    f"drop {context} from the contexts"
+                )
+    return [
+        Case(backend, label, quant, context)
+        for label in labels
+        for quant in quants
+        for context in (contexts or default[2])
+    ]
+
+
+class Runner:
+    """Measures cases on one backend, each at most once per session."""
+
+    def __init__(
+        self,
+        backend_name: str,
+        workload: Workload,
+        *,
+        base_url: str | None = None,
+        progress: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        self.workload = workload
+        self.progress = progress
+        self._loop = asyncio.Runner()
+        self.detection_reason = f"asked for {backend_name}"
+        if backend_name == "auto":
+            detection = self._loop.run(backends.detect())
+            backend_name, base_url = detection.name, detection.base_url
+            self.detection_reason = detection.reason
+        self.backend_name = backend_name
+        self._base_url = base_url
+        self._backend: Backend | None = None
+        self._runs: dict[Case, CaseRun] = {}
+        self._loaded: Case | None = None
+        self._models: dict[Case, str] = {}
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = backends.get(self.backend_name, base_url=self._base_url)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._loop.run(self._backend.aclose())
+        self._loop.close()
+
+    def runs(self) -> list[CaseRun]:
+        return list(self._runs.values())
+
+    def run(self, case: Case) -> CaseRun:
+        if case not in self._runs:
+            self._runs[case] = self._measure(case)
+        return self._runs[case]
+
+    def more_samples(self, case: Case, count: int) -> None:
+        """Draw ``count`` more samples for ``case`` (sequential sampling)."""
+        run = self.run(case)
+        if run.skipped or run.error:
+            return
+        self._ensure_loaded(case)
+        run.samples.extend(self._samples(case, count, warmups=0, first=len(run.samples)))
+
+    def _measure(self, case: Case) -> CaseRun:
+        run = CaseRun(case)
+        estimate = estimate_memory(case.label, case.quantization, case.context_tokens)
+        memory = psutil.virtual_memory()
+        room = memory.available if self.backend_name == "llamacpp" else memory.total
+        if estimate.total_bytes > room:
+            run.skipped = (
+                f"does not fit this host: {estimate.describe()}, {room / GB:.1f} GB available"
+            )
+            return run
+        try:
+            self.progress(f"{case.id}: loading")
+            run.load = self._ensure_loaded(case)
+            run.environment = self._environment(case)
+            self.progress(f"{case.id}: measuring {self.workload.samples} samples")
+            run.samples = self._samples(case, self.workload.samples, self.workload.warmups, 0)
+            run.memory = self._loop.run(self.backend.memory())
+        except InsufficientResourcesError as exc:
+            run.skipped = str(exc)
+        except LmgaugeError as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+        return run
+
+    def _model_name(self, case: Case) -> str:
+        if case not in self._models:
+            if self.backend_name == "llamacpp":
+                from lmgauge.synthetic import synthetic_gguf
+
+                self.progress(f"{case.id}: preparing the synthetic model (cached after once)")
+                self._models[case] = str(synthetic_gguf(case.label, case.quantization))
+            else:
+                self._models[case] = resolve_model(case.label).tag(
+                    self.backend_name, case.quantization
+                )
+        return self._models[case]
+
+    def _ensure_loaded(self, case: Case) -> LoadResult:
+        settings = LoadSettings(context_tokens=case.context_tokens, threads=self.workload.threads)
+        result = self._loop.run(self.backend.load(self._model_name(case), settings))
+        self._loaded = case
+        return result
+
+    def _environment(self, case: Case) -> dict[str, Any]:
+        info = self._loop.run(self.backend.info())
+        model = self._model_name(case)
+        digest = model
+        if self.backend_name == "llamacpp":
+            from pathlib import Path
+
+            path = Path(model)  # the synthetic file: its folder encodes shape, seed, generator
+            digest = f"{path.parent.name}/{path.name}:{path.stat().st_size}"
+        else:
+            listed = self._loop.run(self.backend.list_models())
+            digest = next((m.digest or m.name for m in listed if m.name == model), model)
+        return {
+            "model": case.label,
+            "model_digest": digest,
+            "quantization": case.quantization,
+            "context_tokens": case.context_tokens,
+            "backend": self.backend_name,
+            "backend_version": info.version,
+            "synthetic_weights": info.synthetic_weights,
+        }
+
+    def _samples(self, case: Case, count: int, warmups: int, first: int) -> list[Sample]:
+        entry = resolve_model(case.label)
+        model = self._model_name(case)
+        count_tokens = getattr(self.backend, "count_tokens", None)
+        exact = callable(count_tokens)
+        counter: Callable[[str], int] = count_tokens if exact else (lambda t: len(t.split()))  # type: ignore[assignment]
+        prompts = [
+            exact_prompt(self.workload.prompt_tokens, counter, seed=first + i)
+            for i in range(warmups + count)
+        ]
+
+        def request(i: int) -> GenerateRequest:
+            return GenerateRequest(
+                model,
+                prompts[i],
+                max_tokens=self.workload.max_tokens,
+                thinking=True if entry.thinking else None,
+                timeout_s=entry.request_timeout_s,
+            )
+
+        expected = self.workload.prompt_tokens if exact else None
+        return self._loop.run(
+            measure(
+                self.backend,
+                request,
+                samples=count,
+                warmups=warmups,
+                expected_prompt_tokens=expected,
+            )
+        )
