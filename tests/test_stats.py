@@ -45,15 +45,18 @@ def test_a_small_significant_change_within_tolerance_passes() -> None:
 
 
 def test_a_large_but_noisy_change_is_inconclusive() -> None:
-    result = compare([40, 20, 60], [30, 55, 12], higher_is_better=True)
+    result = compare([40, 20, 60, 45], [30, 55, 12, 50], higher_is_better=True)
     assert result.verdict == "inconclusive"
     assert "not significant" in result.reason
 
 
 def test_too_few_samples_is_inconclusive() -> None:
-    result = compare([40.0, 41.0], [30.0, 31.0], higher_is_better=True)
+    result = compare([40.0, 41.0, 42.0], [30.0, 31.0, 32.0], higher_is_better=True)
     assert result.verdict == "inconclusive"
-    assert result.reason == "too few samples (2 vs 2; need 3 each)"
+    assert result.reason == "too few samples (3 vs 3; need 4 each)"
+    assert compare([40.0, 41, 42, 43], [30.0, 31, 32, 33], higher_is_better=True).verdict == (
+        "regression"
+    )
 
 
 def test_a_a_comparisons_rarely_cry_wolf() -> None:

@@ -134,6 +134,7 @@ def save_baseline(path: Path, baseline: BaselineFile) -> None:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp, 0o644)  # mkstemp makes it private; a baseline is shared, committed
         if path.exists():
             os.replace(path, path.with_name(path.name + ".prev"))
         os.replace(temp, path)

@@ -345,7 +345,8 @@ class CheckSession:
             cases[run.case.id] = CaseBaseline(run.environment, metrics)
         host: dict[str, Any] = dict(vars(fingerprint()))
         save_baseline(path, BaselineFile(self.profile, self.backend_name, cases, host))
-        self.messages.append(f"baseline written: {path} (previous kept as {path.name}.prev)")
+        kept = f" (previous kept as {path.name}.prev)" if existing else ""
+        self.messages.append(f"baseline written: {path}{kept}")
 
     def finish(self) -> None:
         if self._runner is not None:

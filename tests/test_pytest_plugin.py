@@ -1,0 +1,125 @@
+"""The pytest plugin, run as users run it: pytest in a subprocess (pytester), on the
+embedded engine with the qwen3-0.6b shape and a short workload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmgauge.synthetic import cache_dir
+
+# pytester points HOME at a temporary folder; keep the subprocesses on the real model cache.
+MODEL_CACHE_ROOT = cache_dir().parent
+
+pytest_plugins = ["pytester"]
+
+SUITE = """
+from lmgauge.runner import Case
+from lmgauge.verdicts import CheckSession
+
+
+def test_decode(case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(case, "decode_tokens_per_s")
+
+
+def test_memory(case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(case, "rss_bytes")
+"""
+SHORT = [
+    "--lmgauge-backend",
+    "llamacpp",
+    "--lmgauge-models",
+    "qwen3-0.6b",
+    "--lmgauge-quants",
+    "Q4_K_M",
+    "--lmgauge-samples",
+    "4",
+    "--lmgauge-max-samples",
+    "4",
+    "--lmgauge-prompt-tokens",
+    "16",
+    "--lmgauge-max-tokens",
+    "8",
+    "-p",
+    "no:cacheprovider",
+]
+CASE = "llamacpp-qwen3-0.6b-Q4_K_M-ctx4096"
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("LMGAUGE_CACHE_DIR", str(MODEL_CACHE_ROOT))
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    return pytester
+
+
+def test_ids_read_naturally_and_k_selects(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess(
+        "--collect-only", "-q", "--lmgauge-backend", "llamacpp", "-k", "qwen3-7b and decode"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "test_suite.py::test_decode[llamacpp-qwen3-7b-Q4_K_M-ctx4096]",
+            "1/4 tests collected (3 deselected)*",
+        ]
+    )
+
+
+def test_an_unknown_model_is_an_error_before_anything_loads(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess(
+        "--lmgauge-backend", "llamacpp", "--lmgauge-models", "qwen3-9b"
+    )
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*unknown model 'qwen3-9b'*known models: qwen3-0.6b*"])
+
+
+def test_a_context_beyond_the_model_is_an_error(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess(
+        "--lmgauge-backend",
+        "llamacpp",
+        "--lmgauge-models",
+        "qwen3-1.7b",
+        "--lmgauge-contexts",
+        "65536",
+    )
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*qwen3-1.7b supports at most 32768 tokens of context*"])
+
+
+def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) -> None:
+    recorded = suite.runpytest_subprocess(*SHORT, "--update-baselines")
+    recorded.assert_outcomes(passed=2)
+    recorded.stdout.fnmatch_lines(["*baseline written: baselines/*/llamacpp.json"])
+    path = next(Path(suite.path, "baselines").glob("*/llamacpp.json"))
+    data = json.loads(path.read_text())
+    assert data["cases"][CASE]["metrics"]["decode_tokens_per_s"]["provenance"] == "measured"
+
+    # A baseline ten times faster than this machine: the run must be a regression.
+    decode = data["cases"][CASE]["metrics"]["decode_tokens_per_s"]
+    decode["values"] = [10 * v for v in decode["values"]]
+    path.write_text(json.dumps(data))
+    slower = suite.runpytest_subprocess(*SHORT)
+    slower.assert_outcomes(passed=1, failed=1)
+    slower.stdout.fnmatch_lines(["*regression against the baseline: *x slower (significant*"])
+    assert json.loads(path.read_text()) == data  # never overwritten without --update-baselines
+
+    data["cases"][CASE]["environment"]["quantization"] = "Q8_0"
+    path.write_text(json.dumps(data))
+    unlike = suite.runpytest_subprocess(*SHORT)
+    unlike.stdout.fnmatch_lines(
+        [
+            "*refusing to compare with a baseline from an unlike "
+            "environment: quantization: 'Q8_0' -> 'Q4_K_M'*"
+        ]
+    )
+
+
+def test_a_corrupt_baseline_names_the_file(suite: pytest.Pytester) -> None:
+    folder = Path(suite.path, "baselines", "some-profile")
+    folder.mkdir(parents=True)
+    (folder / "llamacpp.json").write_text("{broken")
+    result = suite.runpytest_subprocess(*SHORT, "--lmgauge-profile", "some-profile")
+    result.stdout.fnmatch_lines(["*baseline baselines/some-profile/llamacpp.json cannot be read*"])
