@@ -49,7 +49,11 @@ def test_chat_deltas_count_content_and_reasoning() -> None:
         ({"choices": [{"delta": {"reasoning_content": "hm"}}]}, 1.1),
         ({"choices": [{"delta": {"content": "ok"}, "finish_reason": None}]}, 1.2),
     ]
-    assert [c.tokens for c in chunks_from_events(events, chat=True)] == [0, 1, 1]
+    chunks = list(chunks_from_events(events, chat=True))
+    assert [c.tokens for c in chunks] == [0, 1, 1]
+    assert [c.reasoning for c in chunks] == [False, True, False]
+    lm_studio = [({"choices": [{"delta": {"reasoning": "so"}}]}, 1.0)]
+    assert [c.reasoning for c in chunks_from_events(lm_studio, chat=True)] == [True]
 
 
 def test_llama_server_timings_and_openai_usage() -> None:

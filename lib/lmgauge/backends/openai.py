@@ -99,17 +99,22 @@ def chunks_from_events(
         choice = choices[0]
         if not isinstance(choice, dict):
             raise ProtocolError(f"a choice is not an object: {str(choice)[:120]!r}")
+        reasoning = False
         if chat:
             delta = choice.get("delta") or {}
-            text = delta.get("content") or delta.get("reasoning_content") or ""
-            has_token = "content" in delta or "reasoning_content" in delta
+            content = delta.get("content")
+            # Thinking arrives as reasoning_content (llama-server, vLLM) or reasoning (LM Studio).
+            thought = next((k for k in ("reasoning_content", "reasoning") if k in delta), None)
+            reasoning = thought is not None and not content
+            text = content or (delta.get(thought) if thought else None) or ""
+            has_token = "content" in delta or thought is not None
         else:
             text = choice.get("text") or ""
             has_token = "text" in choice
         finish = choice.get("finish_reason")
         # A token may decode to no text (half a UTF-8 character); it is still a token.
         tokens = 1 if has_token and (text or finish is None) else 0
-        yield Chunk(text, tokens, at_s, finish_reason=finish, timings=timings)
+        yield Chunk(text, tokens, at_s, finish_reason=finish, timings=timings, reasoning=reasoning)
 
 
 class OpenAIBackend:
