@@ -6,6 +6,8 @@ measured once; its metric tests judge the same samples against this hardware pro
 baseline and the planning documents' thresholds.
 """
 
+import pytest
+
 from lmgauge.runner import Case
 from lmgauge.verdicts import CheckSession
 
@@ -40,3 +42,8 @@ def test_load(case: Case, lmgauge: CheckSession) -> None:
 
 def test_error_rate(case: Case, lmgauge: CheckSession) -> None:
     lmgauge.check(case, "error_rate_ratio")
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 4], ids=["c1", "c2", "c4"])
+def test_throughput(case: Case, concurrency: int, lmgauge: CheckSession) -> None:
+    lmgauge.check_throughput(case, concurrency)

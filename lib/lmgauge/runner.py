@@ -9,17 +9,20 @@ lives as long as the session, so a server connection or a loaded model is reused
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import psutil
 
 from lmgauge import backends
 from lmgauge.backends.base import Backend, GenerateRequest, LoadResult, LoadSettings, MemoryReport
+from lmgauge.batcher import Batch, Batcher, BatchRequest
 from lmgauge.catalog import GB, SEED_LABELS, resolve_model, resolve_quant
 from lmgauge.errors import ContextTooLargeError, InsufficientResourcesError, LmgaugeError
-from lmgauge.measure import Sample, measure
+from lmgauge.measure import Sample, measure, measure_one
 from lmgauge.planner import estimate_memory
 from lmgauge.workload import exact_prompt
 
@@ -69,6 +72,8 @@ class CaseRun:
     memory: MemoryReport | None = None
     skipped: str | None = None  # why the case cannot run on this host
     error: str | None = None  # why it failed before any sample
+    throughput: dict[int, tuple[float, list[Sample]]] = field(default_factory=dict)
+    """Per concurrency level: aggregate output tokens/s, and the samples of that burst."""
 
 
 def build_cases(
@@ -121,7 +126,6 @@ class Runner:
         self._base_url = base_url
         self._backend: Backend | None = None
         self._runs: dict[Case, CaseRun] = {}
-        self._loaded: Case | None = None
         self._models: dict[Case, str] = {}
 
     @property
@@ -150,6 +154,39 @@ class Runner:
             return
         self._ensure_loaded(case)
         run.samples.extend(self._samples(case, count, warmups=0, first=len(run.samples)))
+
+    def throughput(self, case: Case, concurrency: int) -> CaseRun:
+        """Aggregate output tokens/s with ``concurrency`` requests in flight, submitted
+        through the batcher (one request per slot, batches of one: servers batch inside)."""
+        run = self.run(case)
+        if run.skipped or run.error or concurrency in run.throughput:
+            return run
+        self._ensure_loaded(case)
+        model = self._model_name(case)
+        requests = self._requests(case, [1000 * concurrency + i for i in range(concurrency)])
+
+        async def burst() -> tuple[float, list[Sample]]:
+            async def handle(batch: Batch) -> list[Sample]:
+                payloads = [cast(GenerateRequest, r.payload) for r in batch.requests]
+                return list(await asyncio.gather(*(measure_one(self.backend, p) for p in payloads)))
+
+            async with Batcher(
+                handle, max_batch_size=1, window_s=0.0, max_concurrency=concurrency
+            ) as batcher:
+                start = time.perf_counter()
+                samples = await asyncio.gather(
+                    *(
+                        batcher.submit(BatchRequest(model, self.workload.prompt_tokens, payload=r))
+                        for r in requests
+                    )
+                )
+                elapsed = time.perf_counter() - start
+            produced = sum(s.output_tokens for s in samples if s.ok)
+            return produced / elapsed, list(samples)
+
+        self.progress(f"{case.id}: {concurrency} concurrent requests")
+        run.throughput[concurrency] = self._loop.run(burst())
+        return run
 
     def _measure(self, case: Case) -> CaseRun:
         run = CaseRun(case)
@@ -189,17 +226,13 @@ class Runner:
 
     def _ensure_loaded(self, case: Case) -> LoadResult:
         settings = LoadSettings(context_tokens=case.context_tokens, threads=self.workload.threads)
-        result = self._loop.run(self.backend.load(self._model_name(case), settings))
-        self._loaded = case
-        return result
+        return self._loop.run(self.backend.load(self._model_name(case), settings))
 
     def _environment(self, case: Case) -> dict[str, Any]:
         info = self._loop.run(self.backend.info())
         model = self._model_name(case)
         digest = model
         if self.backend_name == "llamacpp":
-            from pathlib import Path
-
             path = Path(model)  # the synthetic file: its folder encodes shape, seed, generator
             digest = f"{path.parent.name}/{path.name}:{path.stat().st_size}"
         else:
@@ -215,33 +248,34 @@ class Runner:
             "synthetic_weights": info.synthetic_weights,
         }
 
-    def _samples(self, case: Case, count: int, warmups: int, first: int) -> list[Sample]:
+    def _requests(self, case: Case, seeds: Sequence[int]) -> list[GenerateRequest]:
+        """One request per seed, each with its own prompt of the workload's exact length
+        (exact where the backend can count tokens; else counted in words)."""
         entry = resolve_model(case.label)
-        model = self._model_name(case)
         count_tokens = getattr(self.backend, "count_tokens", None)
-        exact = callable(count_tokens)
-        counter: Callable[[str], int] = count_tokens if exact else (lambda t: len(t.split()))  # type: ignore[assignment]
-        prompts = [
-            exact_prompt(self.workload.prompt_tokens, counter, seed=first + i)
-            for i in range(warmups + count)
-        ]
-
-        def request(i: int) -> GenerateRequest:
-            return GenerateRequest(
-                model,
-                prompts[i],
+        counter: Callable[[str], int] = (
+            count_tokens if callable(count_tokens) else (lambda text: len(text.split()))
+        )
+        return [
+            GenerateRequest(
+                self._model_name(case),
+                exact_prompt(self.workload.prompt_tokens, counter, seed=seed),
                 max_tokens=self.workload.max_tokens,
                 thinking=True if entry.thinking else None,
                 timeout_s=entry.request_timeout_s,
             )
+            for seed in seeds
+        ]
 
-        expected = self.workload.prompt_tokens if exact else None
+    def _samples(self, case: Case, count: int, warmups: int, first: int) -> list[Sample]:
+        requests = self._requests(case, range(first, first + warmups + count))
+        exact = callable(getattr(self.backend, "count_tokens", None))
         return self._loop.run(
             measure(
                 self.backend,
-                request,
+                requests.__getitem__,
                 samples=count,
                 warmups=warmups,
-                expected_prompt_tokens=expected,
+                expected_prompt_tokens=self.workload.prompt_tokens if exact else None,
             )
         )

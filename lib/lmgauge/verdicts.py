@@ -184,6 +184,33 @@ class CheckSession:
         if failures:
             pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
 
+    def check_throughput(self, case: Case, concurrency: int) -> None:
+        """Aggregate tokens/s at ``concurrency`` requests in flight, through the batcher."""
+        run = self.runner().throughput(case, concurrency)
+        if run.skipped:
+            pytest.skip(run.skipped)
+        if run.error:
+            pytest.fail(f"{case.id}: {run.error}", pytrace=False)
+        tokens_per_s, samples = run.throughput[concurrency]
+        metric = f"throughput_c{concurrency}_tokens_per_s"
+        failed = [s for s in samples if not s.ok]
+        measured = f"{_format(metric, tokens_per_s)} (measured, {len(samples)} requests)"
+        failures = (
+            [f"{len(failed)} of {len(samples)} requests failed: {failed[0].error}"]
+            if (failed)
+            else []
+        )
+        stored = self._stored_metric(case, metric)
+        if stored is None:
+            baseline, verdict = "none", "no baseline for this profile"
+        else:
+            ratio = tokens_per_s / stored.values[0]
+            baseline = f"{_format(metric, stored.values[0])} ({stored.provenance})"
+            verdict = f"{ratio:.2f}x the baseline (single value: reported)"
+        self._record(case, metric, measured, baseline, verdict, failed=bool(failures))
+        if failures:
+            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
+
     def _sample_more_if_inconclusive(self, case: Case, metric: str) -> None:
         runner = self.runner()
         run = runner.run(case)
@@ -342,6 +369,10 @@ class CheckSession:
                 value = _run_value(run, metric)
                 if value is not None:
                     metrics[metric] = MetricBaseline((value,), "measured", source)
+            for level, (tokens_per_s, _) in run.throughput.items():
+                metrics[f"throughput_c{level}_tokens_per_s"] = MetricBaseline(
+                    (tokens_per_s,), "measured", source
+                )
             cases[run.case.id] = CaseBaseline(run.environment, metrics)
         host: dict[str, Any] = dict(vars(fingerprint()))
         save_baseline(path, BaselineFile(self.profile, self.backend_name, cases, host))

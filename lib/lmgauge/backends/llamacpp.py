@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ class LlamaCppBackend:
         self.models_dir = models_dir
         self._loaded: _Loaded | None = None
         self._lock = asyncio.Lock()
+        # One long-lived thread drives the llama.cpp context, as llama-server does.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmgauge-llamacpp")
 
     async def info(self) -> BackendInfo:
         llama_cpp = _import_llama_cpp()
@@ -223,6 +226,7 @@ class LlamaCppBackend:
 
     async def aclose(self) -> None:
         await self.unload("")
+        self._worker.shutdown(wait=True)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         async with self._lock:
@@ -247,8 +251,7 @@ class LlamaCppBackend:
                 except BaseException as exc:  # handed to the event loop, raised there
                     put(exc)
 
-            thread = threading.Thread(target=work, name="lmgauge-llamacpp", daemon=True)
-            thread.start()
+            done = loop.run_in_executor(self._worker, work)
             try:
                 while (item := await queue.get()) is not None:
                     if isinstance(item, BaseException):
@@ -256,7 +259,7 @@ class LlamaCppBackend:
                     yield item
             finally:
                 stop.set()
-                await asyncio.to_thread(thread.join)
+                await done
 
 
 def _generate_tokens(
