@@ -1,8 +1,18 @@
 """SSE parsing of the OpenAI-compatible backend (pure functions, no server)."""
 
+import json
+from collections.abc import AsyncIterator
+
+import httpx
 import pytest
 
-from lmgauge.backends.openai import chunks_from_events, parse_sse_data, timings_from_event
+from lmgauge.backends.base import GenerateRequest
+from lmgauge.backends.openai import (
+    OpenAIBackend,
+    chunks_from_events,
+    parse_sse_data,
+    timings_from_event,
+)
 from lmgauge.errors import ProtocolError, ServerError
 
 
@@ -99,3 +109,26 @@ def test_a_stats_only_event_is_a_zero_token_chunk() -> None:
     assert len(chunks) == 1
     assert chunks[0].tokens == 0
     assert chunks[0].timings is not None
+
+
+@pytest.mark.asyncio
+async def test_a_token_holding_a_unicode_line_break_stays_one_event() -> None:
+    """U+0085 and U+2028 inside a JSON string must not cut the SSE line (httpx's
+    aiter_lines would), and a line may arrive split across network reads."""
+    events = [{"choices": [{"text": t, "finish_reason": None}]} for t in ("a\u0085b", "c\u2028")]
+    body = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events)
+    raw = (body + "data: [DONE]\n\n").encode()
+
+    async def stream() -> AsyncIterator[bytes]:
+        for i in range(0, len(raw), 7):
+            yield raw[i : i + 7]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=stream(), headers={"content-type": "text/event-stream"})
+
+    backend = OpenAIBackend("http://test", transport=httpx.MockTransport(handler))
+    try:
+        chunks = [c async for c in backend.generate(GenerateRequest("m", "p", max_tokens=2))]
+    finally:
+        await backend.aclose()
+    assert [c.text for c in chunks] == ["a\u0085b", "c\u2028"]

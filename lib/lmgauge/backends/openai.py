@@ -27,6 +27,7 @@ from lmgauge.backends.base import (
     ModelInfo,
     ServerTimings,
 )
+from lmgauge.backends.streams import LineSplitter
 from lmgauge.errors import (
     BackendError,
     BackendTimeoutError,
@@ -130,6 +131,7 @@ class OpenAIBackend:
         eos_token_ids: tuple[int, ...] = QWEN_EOS_TOKEN_IDS,
         connect_timeout_s: float = 5.0,
         server_pid: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests inject httpx.MockTransport
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.eos_token_ids = eos_token_ids
@@ -142,6 +144,7 @@ class OpenAIBackend:
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(connect=connect_timeout_s, read=600.0, write=30.0, pool=30.0),
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -232,14 +235,18 @@ class OpenAIBackend:
                 "POST", path, json=self._body(request), timeout=timeout
             ) as response:
                 await self._raise_for_status(response, path, request.model)
-                async for line in response.aiter_lines():
-                    event = parse_sse_data(line)
-                    if event is None:
-                        continue
-                    for chunk in chunks_from_events(
-                        [(event, time.perf_counter())], chat=request.chat
-                    ):
-                        yield chunk
+                splitter = LineSplitter()  # not aiter_lines: it also cuts at U+0085
+                async for data in response.aiter_bytes():  # read to the end: keeps the socket
+                    at_s = time.perf_counter()
+                    for raw in splitter.feed(data):
+                        try:
+                            line = raw.decode("utf-8")
+                        except UnicodeDecodeError as exc:
+                            raise ProtocolError(f"SSE line is not UTF-8: {raw[:80]!r}") from exc
+                        event = parse_sse_data(line)
+                        if event is not None:
+                            for chunk in chunks_from_events([(event, at_s)], chat=request.chat):
+                                yield chunk
         except httpx.HTTPError as exc:
             raise self._translate(exc, path) from exc
 

@@ -1,0 +1,33 @@
+"""Line splitting for streamed HTTP bodies (NDJSON, SSE).
+
+httpx's ``aiter_lines`` cuts lines the way ``str.splitlines`` does: also at U+0085,
+U+2028 and other Unicode line breaks, which JSON encoders (Go's among them) leave raw
+inside strings. A token holding one would break its object in two. These protocols
+end lines with ``\\n`` (SSE also ``\\r\\n``), so cut there only.
+"""
+
+from __future__ import annotations
+
+from lmgauge.errors import ProtocolError
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one streamed event; a token takes a few hundred bytes
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines at ``\\n`` only, dropping a trailing ``\\r``."""
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_line_bytes
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines ``data`` completes; a line longer than the limit is a ProtocolError."""
+        self._buffer += data
+        lines: list[bytes] = []
+        if b"\n" in data:
+            *lines, rest = bytes(self._buffer).split(b"\n")
+            self._buffer = bytearray(rest)
+        for piece in (*lines, self._buffer):
+            if len(piece) > self._max:
+                raise ProtocolError(f"a streamed line is over {self._max} bytes: {piece[:80]!r}")
+        return [line[:-1] if line.endswith(b"\r") else line for line in lines]
