@@ -132,3 +132,10 @@ async def test_a_token_holding_a_unicode_line_break_stays_one_event() -> None:
     finally:
         await backend.aclose()
     assert [c.text for c in chunks] == ["a\u0085b", "c\u2028"]
+
+
+def test_thinking_goes_to_the_chat_template() -> None:
+    backend = OpenAIBackend("http://test")
+    off = backend._body(GenerateRequest("m", "p", max_tokens=1, chat=True, thinking=False))
+    assert off["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "chat_template_kwargs" not in backend._body(GenerateRequest("m", "p", max_tokens=1))

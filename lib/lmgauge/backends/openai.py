@@ -218,6 +218,8 @@ class OpenAIBackend:
         }
         if request.chat:
             body["messages"] = [{"role": "user", "content": request.prompt}]
+            if request.thinking is not None:  # Qwen3's template switch (llama-server, vLLM, mlx)
+                body["chat_template_kwargs"] = {"enable_thinking": request.thinking}
         else:
             body["prompt"] = request.prompt
         if request.ignore_eos:
