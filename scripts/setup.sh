@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv from the project's own files: lmgauge with its dev tools and the embedded
-# llama.cpp engine.
+# Set up .venv from the project's own files: lmgauge with its dev tools, the embedded
+# llama.cpp engine and mlx-lm (Metal on Apple Silicon, MLX's CPU build on Linux).
 #
 # PyPI ships llama-cpp-python as source only; installing it compiles llama.cpp with
 # -march=native (about 6 minutes on 2 cores). The wheel is built once per CPU and Python
@@ -40,5 +40,5 @@ if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
     rm -rf "$wheels" && mv "$partial" "$wheels"
 fi
 .venv/bin/python -m pip install --quiet "$wheels"/llama_cpp_python-*.whl
-.venv/bin/python -m pip install --quiet -e ".[dev,llamacpp]"
+.venv/bin/python -m pip install --quiet -e ".[dev,llamacpp,mlx]"
 echo "Set up .venv (llama-cpp-python wheel: $wheels)" >&2
