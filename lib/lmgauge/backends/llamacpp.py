@@ -33,6 +33,7 @@ from lmgauge.backends.base import (
     ModelInfo,
     ServerTimings,
 )
+from lmgauge.backends.threaded import stream_from_thread
 from lmgauge.errors import (
     BackendError,
     BackendUnavailableError,
@@ -237,29 +238,15 @@ class LlamaCppBackend:
                     f"(loaded: {loaded.path if loaded else 'nothing'})"
                 )
             loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
-            stop = threading.Event()
-
-            def put(item: Chunk | BaseException | None) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-            def work() -> None:
-                try:
-                    for chunk in _generate_tokens(loaded, request, stop):
-                        put(chunk)
-                    put(None)
-                except BaseException as exc:  # handed to the event loop, raised there
-                    put(exc)
-
-            done = loop.run_in_executor(self._worker, work)
-            try:
-                while (item := await queue.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise _translate(item) from item
-                    yield item
-            finally:
-                stop.set()
-                await done
+            chunks = stream_from_thread(
+                lambda work: loop.run_in_executor(self._worker, work),
+                lambda stop: _generate_tokens(loaded, request, stop),
+                timeout_s=request.timeout_s,
+                engine="llama.cpp",
+                translate=_translate,
+            )
+            async for chunk in chunks:
+                yield chunk
 
 
 def _generate_tokens(

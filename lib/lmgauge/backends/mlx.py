@@ -36,9 +36,9 @@ from lmgauge.backends.base import (
     ModelInfo,
     ServerTimings,
 )
+from lmgauge.backends.threaded import stream_from_thread
 from lmgauge.errors import (
     BackendError,
-    BackendTimeoutError,
     BackendUnavailableError,
     ConfigError,
     ContextTooLargeError,
@@ -208,39 +208,15 @@ class MLXBackend:
                     f"model {request.model!r} is not loaded; load it first "
                     f"(loaded: {loaded.name if loaded else 'nothing'})"
                 )
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
-            stop = threading.Event()
-
-            def put(item: Chunk | BaseException | None) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-            def work() -> None:
-                try:
-                    for chunk in _generate_tokens(loaded, request, stop):
-                        put(chunk)
-                    put(None)
-                except BaseException as exc:  # handed to the event loop, raised there
-                    put(exc)
-
-            done = self._submit(work)
-            try:
-                while True:
-                    try:
-                        item = await asyncio.wait_for(queue.get(), request.timeout_s)
-                    except TimeoutError:
-                        raise BackendTimeoutError(
-                            f"mlx-lm produced no token within {request.timeout_s} s; "
-                            "raise the request timeout or use a smaller model"
-                        ) from None
-                    if item is None:
-                        break
-                    if isinstance(item, BaseException):
-                        raise _translate(item) from item
-                    yield item
-            finally:
-                stop.set()
-                await done
+            chunks = stream_from_thread(
+                self._submit,
+                lambda stop: _generate_tokens(loaded, request, stop),
+                timeout_s=request.timeout_s,
+                engine="mlx-lm",
+                translate=_translate,
+            )
+            async for chunk in chunks:
+                yield chunk
 
 
 def _prompt_tokens(loaded: _Loaded, request: GenerateRequest) -> list[int]:
