@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -56,51 +57,41 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def llama_server(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server (the real one) on a free loopback port.
-
-    Its log is printed at teardown, so pytest shows it when a test fails.
-    """
-    pytest.importorskip("uvicorn", reason="the server needs llama-cpp-python[server]")
+@contextlib.contextmanager
+def _server_process(
+    name: str,
+    command: list[str],
+    ready_path: str,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Start a real server on a free loopback port and yield its URL once ``ready_path``
+    answers 200. ``command`` holds ``{port}``. Its log is printed at teardown, so pytest
+    shows it when a test fails."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(tiny_gguf),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_threads",
-                "2",
-                "--n_ctx",
-                "2048",
-            ],
+            [part.format(port=port) for part in command],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 pytest.fail(
-                    f"llama_cpp.server exited with {process.returncode}:\n"
-                    f"{log_path.read_text()[-3000:]}"
+                    f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
                 )
             try:
-                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready in 60 s:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"{name} not ready in 60 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
         yield url
     finally:
@@ -110,4 +101,34 @@ def llama_server(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        print(f"--- llama_cpp.server log ({log_path}) ---\n{log_path.read_text()[-5000:]}")
+        print(f"--- {name} log ({log_path}) ---\n{log_path.read_text()[-5000:]}")
+
+
+@pytest.fixture(scope="session")
+def server_process() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``server_process(name, command, ready_path, log_path, env=...)``: see _server_process."""
+    return _server_process
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server (the real one) on a free loopback port."""
+    pytest.importorskip("uvicorn", reason="the server needs llama-cpp-python[server]")
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(tiny_gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--n_threads",
+        "2",
+        "--n_ctx",
+        "2048",
+    ]
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with _server_process("llama_cpp.server", command, "/v1/models", log_path) as url:
+        yield url

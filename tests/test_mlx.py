@@ -14,12 +14,11 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -340,63 +339,36 @@ async def test_a_tiny_mixture_of_experts_runs_where_mlx_can(quantization: str) -
 # --- mlx_lm.server, driven through OpenAIBackend ----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def _mlx_lm_server(model: Path, folder: Path, *extra_args: str) -> Iterator[str]:
+def _mlx_lm_server(
+    server_process: Callable[..., AbstractContextManager[str]],
+    model: Path,
+    folder: Path,
+    *extra_args: str,
+) -> AbstractContextManager[str]:
     """``python -m mlx_lm server`` (the real one) on a free loopback port; yields its URL.
 
     HF_HUB_CACHE points at an empty folder: without one, /v1/models answers 200 with an
     empty body. /health answers once the HTTP server is up; the model loads on the first
-    request. Its log is printed at the end, so pytest shows it when a test fails.
+    request.
     """
-    port = _free_port()
-    log_path = folder / "server.log"
     (folder / "hub").mkdir()
     env = {**os.environ, "HF_HUB_CACHE": str(folder / "hub"), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONWARNINGS", None)  # it warns at start-up; as an error, the server hangs
-    url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model)]
-    command += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"mlx_lm server exited with {process.returncode}:\n{log_path.read_text()}"
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlx_lm server not ready in 60 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(f"--- mlx_lm server log ({log_path}) ---\n{log_path.read_text()[-5000:]}")
+    command += ["--host", "127.0.0.1", "--port", "{port}", *extra_args]
+    return server_process("mlx_lm server", command, "/health", folder / "server.log", env=env)
 
 
 @pytest.fixture(scope="module")
-def mlx_server(tiny_bf16: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlx_server(
+    tiny_bf16: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    server_process: Callable[..., AbstractContextManager[str]],
+) -> Iterator[str]:
     """The server as a benchmark needs it: ``--prompt-cache-size 0``, so every request pays
     its own prefill (its default keeps 10 prompt caches; see the last test)."""
     folder = tmp_path_factory.mktemp("mlx_server")
-    with _mlx_lm_server(tiny_bf16, folder, "--prompt-cache-size", "0") as url:
+    with _mlx_lm_server(server_process, tiny_bf16, folder, "--prompt-cache-size", "0") as url:
         yield url
 
 
@@ -451,7 +423,10 @@ async def test_server_ignores_ignore_eos_but_honours_logit_bias(
 
 @ASYNC
 async def test_server_prompt_cache_is_off_only_by_its_flag(
-    server_client: OpenAIBackend, tiny_bf16: Path, tmp_path: Path
+    server_client: OpenAIBackend,
+    tiny_bf16: Path,
+    tmp_path: Path,
+    server_process: Callable[..., AbstractContextManager[str]],
 ) -> None:
     """mlx_lm.server ignores ``cache_prompt: false`` (which OpenAIBackend sends). By default
     it keeps 10 prompt caches: a repeated prompt is served from one, and every chat request
@@ -460,7 +435,7 @@ async def test_server_prompt_cache_is_off_only_by_its_flag(
     same = GenerateRequest(str(tiny_bf16), f"cache {PROMPT}", max_tokens=4)
     assert (await measure_one(server_client, same)).valid
     assert (await measure_one(server_client, same)).valid  # --prompt-cache-size 0
-    with _mlx_lm_server(tiny_bf16, tmp_path) as url:
+    with _mlx_lm_server(server_process, tiny_bf16, tmp_path) as url:
         default_server = OpenAIBackend(url)
         try:
             await measure_one(default_server, same)
