@@ -73,3 +73,9 @@ def test_environment_differences_are_listed() -> None:
         "backend_version: '0.3.36' -> '0.3.37'",
     ]
     assert environment_differences(ENV, dict(ENV)) == []
+
+
+def test_run_spread_is_the_noise_between_recorded_runs() -> None:
+    assert MetricBaseline((1.0,), "measured", run_medians=(40.0,)).run_spread == 0.0
+    spread = MetricBaseline((1.0,), "measured", run_medians=(40.0, 50.0, 44.0)).run_spread
+    assert spread == pytest.approx(0.25)

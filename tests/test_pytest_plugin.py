@@ -94,11 +94,14 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
     recorded.assert_outcomes(passed=2)
     recorded.stdout.fnmatch_lines(["*baseline written: baselines/*/llamacpp.json"])
     path = next(Path(suite.path, "baselines").glob("*/llamacpp.json"))
+    again = suite.runpytest_subprocess(*SHORT, "--update-baselines")
+    again.stdout.fnmatch_lines(["*baseline written: baselines/*/llamacpp.json (previous kept*"])
     data = json.loads(path.read_text())
-    assert data["cases"][CASE]["metrics"]["decode_tokens_per_s"]["provenance"] == "measured"
+    decode = data["cases"][CASE]["metrics"]["decode_tokens_per_s"]
+    assert decode["provenance"] == "measured"
+    assert len(decode["run_medians"]) == 2  # a second recording adds a run
 
     # A baseline ten times faster than this machine: the run must be a regression.
-    decode = data["cases"][CASE]["metrics"]["decode_tokens_per_s"]
     decode["values"] = [10 * v for v in decode["values"]]
     path.write_text(json.dumps(data))
     slower = suite.runpytest_subprocess(*SHORT)

@@ -1,13 +1,16 @@
 """Baselines: ``baselines/<profile>/<backend>.json``, versioned, with their environment.
 
 Format history:
-    1 -- first version: per case, its environment and per-metric values with provenance.
+    1 -- first version: per case, its environment and per-metric values with provenance;
+         ``run_medians`` (optional) holds one median per recorded run.
 
 Every metric of a case carries its provenance: ``measured`` (raw values from a run on
 that profile), ``derived`` (computed, e.g. a bandwidth roofline times a stated
 efficiency; one value) or ``public`` (a published figure; one value, with its source).
 A baseline is written only when asked (``--update-baselines``), atomically, and the
-previous file is kept beside it as ``<backend>.json.prev``.
+previous file is kept beside it as ``<backend>.json.prev``. Recording again in the same
+environment adds a run (the last ``MAX_RUNS`` are kept): on a noisy machine the spread
+between runs is larger than the spread within one, and a verdict must know it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal
 from lmgauge.errors import ConfigError
 
 FORMAT = "lmgauge-baseline"
+MAX_RUNS = 5
 VERSION = 1
 Provenance = Literal["measured", "derived", "public"]
 ENVIRONMENT_KEYS = (
@@ -39,9 +43,17 @@ ENVIRONMENT_KEYS = (
 
 @dataclass(frozen=True)
 class MetricBaseline:
-    values: tuple[float, ...]
+    values: tuple[float, ...]  # the samples of the recorded runs, pooled
     provenance: Provenance
     source: str = ""  # how a derived value was computed, or where a public one was published
+    run_medians: tuple[float, ...] = ()  # one per recorded run, oldest first
+
+    @property
+    def run_spread(self) -> float:
+        """Relative spread of the run medians (max / min - 1); 0 with fewer than 2 runs."""
+        if len(self.run_medians) < 2 or min(self.run_medians) <= 0:
+            return 0.0
+        return max(self.run_medians) / min(self.run_medians) - 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,7 @@ def load_baseline(path: Path) -> BaselineFile | None:
                         tuple(float(v) for v in metric["values"]),
                         metric["provenance"],
                         metric.get("source", ""),
+                        tuple(float(v) for v in metric.get("run_medians", ())),
                     )
                     for name, metric in case["metrics"].items()
                 },

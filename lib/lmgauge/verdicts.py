@@ -18,6 +18,7 @@ import pytest
 
 from lmgauge import __version__
 from lmgauge.baselines import (
+    MAX_RUNS,
     BaselineFile,
     CaseBaseline,
     MetricBaseline,
@@ -222,7 +223,7 @@ class CheckSession:
                 stored.values,
                 _values(run, metric),
                 higher_is_better=SAMPLE_METRICS[metric][1],
-                tolerance=self.tolerance,
+                tolerance=self._tolerance(stored)[0],
             )
             if result.verdict != "inconclusive":
                 return
@@ -268,20 +269,36 @@ class CheckSession:
                 f"({stored.source}); reported, not judged"
             )
         if metric in SAMPLE_METRICS:
+            tolerance, why = self._tolerance(stored)
             result = compare(
                 stored.values,
                 values,
                 higher_is_better=SAMPLE_METRICS[metric][1],
-                tolerance=self.tolerance,
+                tolerance=tolerance,
             )
             if result.verdict == "regression":
-                failures.append(f"regression against the baseline: {result.describe()}")
-            return base_text, prefix + result.describe()
+                failures.append(f"regression against the baseline: {result.describe()}{why}")
+            return base_text, prefix + result.describe() + why
         ratio = values[0] / stored.values[0] if stored.values[0] else float("nan")
         if metric == "rss_bytes" and ratio > 1 + max(self.tolerance, MEMORY_TOLERANCE):
             failures.append(f"memory regression: {ratio:.2f}x the baseline")
             return base_text, f"{prefix}{ratio:.2f}x higher (beyond {MEMORY_TOLERANCE:.0%})"
         return base_text, f"{prefix}{ratio:.2f}x the baseline (single value: reported)"
+
+    def _tolerance(self, stored: MetricBaseline) -> tuple[float, str]:
+        """The smallest change that counts: the configured tolerance, or the spread between
+        the baseline's recorded runs where that is larger (run-to-run noise is no change)."""
+        runs = len(stored.run_medians)
+        if stored.run_spread > self.tolerance:
+            return stored.run_spread, (
+                f" [tolerance {stored.run_spread:.0%}: the spread of {runs} baseline runs]"
+            )
+        if runs < 2:
+            return self.tolerance, (
+                " [1 baseline run: run-to-run noise unknown; record more runs with "
+                "--update-baselines]"
+            )
+        return self.tolerance, ""
 
     def _thresholds_for(
         self, case: Case, metric: str, value: float, failures: list[str]
@@ -360,19 +377,28 @@ class CheckSession:
         cases: dict[str, CaseBaseline] = dict(existing.cases) if existing else {}
         source = f"measured on {self.profile} by lmgauge {__version__}, {time.strftime('%F')}"
         for run in runs:
-            metrics = {
-                m: MetricBaseline(tuple(_values(run, m)), "measured", source)
-                for m in SAMPLE_METRICS
-                if _values(run, m)
-            }
-            for metric in RUN_METRICS:
-                value = _run_value(run, metric)
-                if value is not None:
-                    metrics[metric] = MetricBaseline((value,), "measured", source)
-            for level, (tokens_per_s, _) in run.throughput.items():
-                metrics[f"throughput_c{level}_tokens_per_s"] = MetricBaseline(
-                    (tokens_per_s,), "measured", source
+            previous = cases.get(run.case.id)
+            same = previous is not None and not environment_differences(
+                previous.environment, run.environment
+            )
+            recorded = {m: _values(run, m) for m in SAMPLE_METRICS}
+            recorded.update({m: [v] for m in RUN_METRICS if (v := _run_value(run, m)) is not None})
+            recorded.update(
+                {
+                    f"throughput_c{level}_tokens_per_s": [tokens_per_s]
+                    for level, (tokens_per_s, _) in run.throughput.items()
+                }
+            )
+            metrics = {}
+            for metric, values in recorded.items():
+                if not values:
+                    continue
+                old = previous.metrics.get(metric) if previous is not None and same else None
+                earlier = (
+                    () if old is None else (old.run_medians or (statistics.median(old.values),))
                 )
+                medians = (*earlier, statistics.median(values))[-MAX_RUNS:]
+                metrics[metric] = MetricBaseline(tuple(values), "measured", source, medians)
             cases[run.case.id] = CaseBaseline(run.environment, metrics)
         host: dict[str, Any] = dict(vars(fingerprint()))
         save_baseline(path, BaselineFile(self.profile, self.backend_name, cases, host))
