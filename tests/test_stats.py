@@ -73,3 +73,10 @@ def test_a_a_comparisons_rarely_cry_wolf() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="tolerance"):
         compare([1.0], [1.0], higher_is_better=True, tolerance=-1)
+
+
+def test_the_description_says_whether_it_is_good_or_bad() -> None:
+    faster = compare(noisy(0.8), noisy(0.5, seed=1), higher_is_better=False)
+    assert faster.describe().endswith(": improvement")
+    slower = compare(noisy(40.0), noisy(30.0, seed=1), higher_is_better=True)
+    assert slower.describe().endswith(": regression")

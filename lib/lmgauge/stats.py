@@ -111,7 +111,7 @@ class Comparison:
             word = "faster" if self.ratio > 1 else "slower"
         else:  # latencies and memory
             word = "higher" if self.ratio > 1 else "lower"
-        return f"{factor:.2f}x {word} (significant, p={self.p_value:.3g})"
+        return f"{factor:.2f}x {word} (significant, p={self.p_value:.3g}): {self.verdict}"
 
 
 def compare(

@@ -196,11 +196,9 @@ class CheckSession:
         metric = f"throughput_c{concurrency}_tokens_per_s"
         failed = [s for s in samples if not s.ok]
         measured = f"{_format(metric, tokens_per_s)} (measured, {len(samples)} requests)"
-        failures = (
-            [f"{len(failed)} of {len(samples)} requests failed: {failed[0].error}"]
-            if (failed)
-            else []
-        )
+        failures = []
+        if failed:
+            failures.append(f"{len(failed)} of {len(samples)} requests failed: {failed[0].error}")
         stored = self._stored_metric(case, metric)
         if stored is None:
             baseline, verdict = "none", "no baseline for this profile"
