@@ -79,3 +79,16 @@ def test_run_spread_is_the_noise_between_recorded_runs() -> None:
     assert MetricBaseline((1.0,), "measured", run_medians=(40.0,)).run_spread == 0.0
     spread = MetricBaseline((1.0,), "measured", run_medians=(40.0, 50.0, 44.0)).run_spread
     assert spread == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("backend", ["ollama", "lmstudio", "mlx"])
+def test_the_shipped_reference_baselines_are_derived_and_say_how(backend: str) -> None:
+    root = Path(__file__).resolve().parent.parent / "baselines"
+    baseline = load_baseline(baseline_path(root, "apple-m3-max-128gb", backend))
+    assert baseline is not None
+    assert len(baseline.cases) == 5 * 2 * 3  # seed models x quantizations x contexts
+    for case in baseline.cases.values():
+        metric = case.metrics["decode_tokens_per_s"]
+        assert metric.provenance == "derived"
+        assert metric.source.startswith("derived: 400 GB/s x ")
+        assert 5 < metric.values[0] < 400

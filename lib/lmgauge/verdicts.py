@@ -243,6 +243,12 @@ class CheckSession:
         if stored_case is None or stored is None:
             return "none", "no baseline for this profile (record one with --update-baselines)"
         base_text = f"{_format(metric, statistics.median(stored.values))} ({stored.provenance})"
+        if stored.provenance != "measured":  # nothing to match: reported, never judged
+            ratio = statistics.median(values) / statistics.median(stored.values)
+            return base_text, (
+                f"{ratio:.2f}x the {stored.provenance} baseline "
+                f"({stored.source}); reported, not judged"
+            )
         unlike = [
             d
             for d in environment_differences(stored_case.environment, run.environment)
@@ -260,12 +266,6 @@ class CheckSession:
             if d.startswith("backend_version")
         ]
         prefix = f"across releases ({release[0]}): " if release else ""
-        if stored.provenance != "measured":
-            ratio = statistics.median(values) / statistics.median(stored.values)
-            return base_text, (
-                f"{prefix}{ratio:.2f}x the {stored.provenance} baseline "
-                f"({stored.source}); reported, not judged"
-            )
         if metric in SAMPLE_METRICS:
             tolerance, why = self._tolerance(stored)
             result = compare(
