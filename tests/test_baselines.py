@@ -75,10 +75,15 @@ def test_environment_differences_are_listed() -> None:
     assert environment_differences(ENV, dict(ENV)) == []
 
 
-def test_run_spread_is_the_noise_between_recorded_runs() -> None:
-    assert MetricBaseline((1.0,), "measured", run_medians=(40.0,)).run_spread == 0.0
-    spread = MetricBaseline((1.0,), "measured", run_medians=(40.0, 50.0, 44.0)).run_spread
-    assert spread == pytest.approx(0.25)
+def test_run_noise_bounds_the_next_run() -> None:
+    one = MetricBaseline((1.0,), "measured", run_medians=(40.0,))
+    assert (one.run_spread, one.run_noise) == (0.0, 0.0)
+    two = MetricBaseline((1.0,), "measured", run_medians=(40.0, 44.0))
+    assert two.run_noise == pytest.approx(0.10)  # with two runs: their spread
+    three = MetricBaseline((1.0,), "measured", run_medians=(40.0, 50.0, 44.0))
+    assert three.run_spread == pytest.approx(0.25)
+    # t(0.95, 2) = 2.92; sd 5.03 / mean 44.67 = 0.113; sqrt(1 + 1/3) = 1.155
+    assert three.run_noise == pytest.approx(2.92 * 0.1126 * 1.1547, rel=0.01)
 
 
 @pytest.mark.parametrize("backend", ["ollama", "lmstudio", "mlx"])

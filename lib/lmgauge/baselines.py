@@ -16,12 +16,16 @@ between runs is larger than the spread within one, and a verdict must know it.
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from scipy import stats as scipy_stats
 
 from lmgauge.errors import ConfigError
 
@@ -54,6 +58,21 @@ class MetricBaseline:
         if len(self.run_medians) < 2 or min(self.run_medians) <= 0:
             return 0.0
         return max(self.run_medians) / min(self.run_medians) - 1
+
+    @property
+    def run_noise(self) -> float:
+        """How far (relative) the next run's median may fall from the recorded runs' by
+        chance: the one-sided 95% prediction bound t(0.95, n-1) * sd * sqrt(1 + 1/n) with
+        three runs or more; the spread with two; 0 with one. (A new run falls outside the
+        range of three earlier ones about half the time: the range alone is too tight.)"""
+        n = len(self.run_medians)
+        if n < 3:
+            return self.run_spread
+        mean = statistics.fmean(self.run_medians)
+        if mean <= 0:
+            return 0.0
+        sd = statistics.stdev(self.run_medians) / mean
+        return float(scipy_stats.t.ppf(0.95, n - 1)) * sd * math.sqrt(1 + 1 / n)
 
 
 @dataclass(frozen=True)

@@ -287,9 +287,10 @@ class CheckSession:
         """The smallest change that counts: the configured tolerance, or the spread between
         the baseline's recorded runs where that is larger (run-to-run noise is no change)."""
         runs = len(stored.run_medians)
-        if stored.run_spread > self.tolerance:
-            return stored.run_spread, (
-                f" [tolerance {stored.run_spread:.0%}: the spread of {runs} baseline runs]"
+        if stored.run_noise > self.tolerance:
+            how = "95% prediction bound of" if runs >= 3 else "the spread between"
+            return stored.run_noise, (
+                f" [tolerance {stored.run_noise:.0%}: {how} the {runs} baseline runs]"
             )
         if runs < 2:
             return self.tolerance, (
