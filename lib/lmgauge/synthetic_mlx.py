@@ -62,13 +62,14 @@ CHAT_TEMPLATE = CHATML_TEMPLATE.replace(
 _MARGIN = 256 * 1024**2
 
 
-def _mlx() -> tuple[Any, Any]:
+def import_mlx() -> tuple[Any, Any]:
+    """``(mlx.core, mlx_lm)``, or BackendUnavailableError saying how to install them."""
     try:
         import mlx.core as mx
         import mlx_lm
     except ImportError as exc:
         raise BackendUnavailableError(
-            "synthetic MLX models need mlx and mlx-lm: pip install -e '.[mlx]'"
+            "MLX needs mlx and mlx-lm: pip install -e '.[mlx]' (mlx[cpu] on Linux)"
         ) from exc
     return mx, mlx_lm
 
@@ -164,7 +165,7 @@ def _check_resources(arch: Architecture, quant: str, directory: Path) -> None:
 
 
 def _model_module(arch: Architecture) -> Any:
-    _mlx()
+    import_mlx()
     model_type = MODEL_TYPES[arch.gguf_arch]
     try:
         return importlib.import_module(f"mlx_lm.models.{model_type}")
@@ -181,7 +182,7 @@ def _flat(model: Any) -> list[tuple[str, Any]]:
 
 
 def _write_model(arch: Architecture, quant: str, seed: int, root: Path, folder: Path) -> None:
-    mx, _ = _mlx()
+    mx, _ = import_mlx()
     import mlx.utils
     from mlx_lm.utils import quantize_model
 

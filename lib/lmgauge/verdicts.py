@@ -92,7 +92,7 @@ class CheckSession:
     requested_backend: str
     base_url: str | None
     workload: Workload
-    profile: str
+    profile_override: str | None
     baselines: Path
     tolerance: float
     update_baselines: bool
@@ -104,6 +104,15 @@ class CheckSession:
     _baseline_loaded: bool = False
     _thresholds: tuple[Threshold, ...] | None = None
     _bandwidth: float | None = None
+    _profile: str | None = None
+
+    @property
+    def profile(self) -> str:
+        """The hardware profile, from --lmgauge-profile or this host's fingerprint, taken
+        only when a benchmark needs it (on macOS the fingerprint runs system_profiler)."""
+        if self._profile is None:
+            self._profile = self.profile_override or fingerprint().profile
+        return self._profile
 
     @classmethod
     def from_options(
@@ -122,7 +131,7 @@ class CheckSession:
             backend,
             base_url,
             workload,
-            profile or fingerprint().profile,
+            profile,
             baselines,
             tolerance,
             update_baselines,

@@ -39,29 +39,17 @@ from lmgauge.backends.base import (
 from lmgauge.backends.threaded import stream_from_thread
 from lmgauge.errors import (
     BackendError,
-    BackendUnavailableError,
     ConfigError,
     ContextTooLargeError,
     ModelFileError,
     ModelNotFoundError,
     OutOfMemoryError,
 )
-from lmgauge.synthetic_mlx import SYNTHETIC_MARKER
+from lmgauge.synthetic_mlx import SYNTHETIC_MARKER, import_mlx
 
 KV_CACHE_BITS: dict[str, int | None] = {"f16": None, "q8_0": 8, "q4_0": 4}
 KV_GROUP_SIZE = 64
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _import_mlx() -> tuple[Any, Any]:
-    try:
-        import mlx.core as mx
-        import mlx_lm
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the mlx backend needs mlx and mlx-lm: pip install -e '.[mlx]' (mlx[cpu] on Linux)"
-        ) from exc
-    return mx, mlx_lm
 
 
 @dataclass
@@ -79,7 +67,7 @@ class _Loaded:
 
 def _load(model: str, settings: LoadSettings) -> _Loaded:
     """Runs in the worker thread: mlx_lm.load (which fetches a repo id), then the checks."""
-    _, mlx_lm = _import_mlx()
+    _, mlx_lm = import_mlx()
     from mlx.utils import tree_flatten
 
     path = Path(model).expanduser()
@@ -133,7 +121,7 @@ class MLXBackend:
         return asyncio.wrap_future(self._worker.submit(fn, *args))
 
     async def info(self) -> BackendInfo:
-        mx, mlx_lm = _import_mlx()
+        mx, mlx_lm = import_mlx()
         device = "Metal" if mx.metal.is_available() else "CPU only, no Metal"
         synthetic = self._loaded is not None and SYNTHETIC_MARKER in self._loaded.config
         version = f"mlx-lm {mlx_lm.__version__}, mlx {mx.__version__} ({device})"
@@ -170,13 +158,13 @@ class MLXBackend:
             if self._loaded is not None:
                 self._loaded = None
                 gc.collect()
-                _import_mlx()[0].clear_cache()  # give MLX's buffer pool back to the system
+                import_mlx()[0].clear_cache()  # give MLX's buffer pool back to the system
 
     async def memory(self) -> MemoryReport:
         rss = psutil.Process().memory_info().rss
         if self._loaded is None:
             return MemoryReport(rss_bytes=rss, source="psutil rss of this process; no model")
-        mx, peak = _import_mlx()[0], self._loaded.peak_bytes
+        mx, peak = import_mlx()[0], self._loaded.peak_bytes
         return MemoryReport(
             rss_bytes=rss,
             model_bytes=self._loaded.model_bytes,
@@ -196,7 +184,7 @@ class MLXBackend:
         frees its streams first (``mx.clear_streams()``, ml-explore/mlx#4327)."""
         await self.unload("")
         if self._worker is not None:
-            await self._submit(_import_mlx()[0].clear_streams)
+            await self._submit(import_mlx()[0].clear_streams)
             self._worker.shutdown(wait=True)  # idle: unload waited for any generation
             self._worker = None
 
@@ -244,7 +232,7 @@ def _generate_tokens(
     loaded: _Loaded, request: GenerateRequest, stop: threading.Event
 ) -> Iterator[Chunk]:
     """Runs in the worker thread: one Chunk per token mlx-lm yields, then its timings."""
-    mx, mlx_lm = _import_mlx()
+    mx, mlx_lm = import_mlx()
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
