@@ -73,6 +73,10 @@ def test_environment_differences_are_listed() -> None:
         "backend_version: '0.3.36' -> '0.3.37'",
     ]
     assert environment_differences(ENV, dict(ENV)) == []
+    other_host = {**ENV, "host_cpu": "Apple M3 Max"}
+    assert environment_differences({**ENV, "host_cpu": "AMD EPYC"}, other_host) == [
+        "host_cpu: 'AMD EPYC' -> 'Apple M3 Max'"
+    ]
 
 
 def test_run_noise_bounds_the_next_run() -> None:

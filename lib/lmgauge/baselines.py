@@ -41,6 +41,7 @@ ENVIRONMENT_KEYS = (
     "backend",
     "backend_version",
     "profile",
+    "host_cpu",
 )
 """What must match before two measurements may be compared."""
 

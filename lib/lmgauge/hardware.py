@@ -76,12 +76,18 @@ def _linux_cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_name() -> str:
+    """The CPU model, or the Apple chip ("Apple M3 Max")."""
+    if platform.system() == "Darwin":
+        return _run("sysctl", "-n", "machdep.cpu.brand_string").strip() or "unknown"
+    return _linux_cpu()
+
+
 def fingerprint() -> HostFingerprint:
     """Describe this host; macOS details are read where the tools allow, else left None."""
     system = platform.system()
-    cpu, gpu_cores, power, thermal = _linux_cpu(), None, None, None
+    cpu, gpu_cores, power, thermal = cpu_name(), None, None, None
     if system == "Darwin":
-        cpu = _run("sysctl", "-n", "machdep.cpu.brand_string").strip() or "unknown"
         cores = re.search(
             r"Total Number of Cores:\s*(\d+)", _run("system_profiler", "SPDisplaysDataType")
         )

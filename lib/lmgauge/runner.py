@@ -22,6 +22,7 @@ from lmgauge.backends.base import Backend, GenerateRequest, LoadResult, LoadSett
 from lmgauge.batcher import Batch, Batcher, BatchRequest
 from lmgauge.catalog import GB, SEED_LABELS, resolve_model, resolve_quant
 from lmgauge.errors import ContextTooLargeError, InsufficientResourcesError, LmgaugeError
+from lmgauge.hardware import cpu_name
 from lmgauge.measure import Sample, measure, measure_one
 from lmgauge.planner import estimate_memory
 from lmgauge.workload import exact_prompt
@@ -245,6 +246,7 @@ class Runner:
             "context_tokens": case.context_tokens,
             "backend": self.backend_name,
             "backend_version": info.version,
+            "host_cpu": cpu_name(),
             "synthetic_weights": info.synthetic_weights,
         }
 
