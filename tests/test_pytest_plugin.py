@@ -126,3 +126,55 @@ def test_a_corrupt_baseline_names_the_file(suite: pytest.Pytester) -> None:
     (folder / "llamacpp.json").write_text("{broken")
     result = suite.runpytest_subprocess(*SHORT, "--lmgauge-profile", "some-profile")
     result.stdout.fnmatch_lines(["*baseline baselines/some-profile/llamacpp.json cannot be read*"])
+
+
+def test_the_suite_against_an_ollama_server(pytester: pytest.Pytester) -> None:
+    """The whole suite path (auto detection aside) against the protocol-faithful Ollama
+    fake: seed 003's scenarios, the embeddings one included, and the serving metrics."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_ollama import FakeModel, FakeOllama
+
+    pytester.makepyfile(
+        test_suite=SUITE
+        + """
+
+import pytest
+from lmgauge.scenarios import SCENARIOS
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario(case: Case, scenario: str, lmgauge: CheckSession) -> None:
+    lmgauge.check_scenario(case, scenario)
+"""
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    tag = "qwen2.5:7b-instruct-q4_K_M"  # the catalog's Ollama name of qwen3-7b at Q4_K_M
+    with FakeOllama({tag: FakeModel(size=4_680_000_000)}, ttft_s=0.01, itl_s=0.001) as fake:
+        result = pytester.runpytest_subprocess(
+            "--lmgauge-backend",
+            "ollama",
+            "--lmgauge-url",
+            fake.url,
+            "--lmgauge-models",
+            "qwen3-7b",
+            "--lmgauge-quants",
+            "Q4_K_M",
+            "--lmgauge-contexts",
+            "4096",
+            "--lmgauge-samples",
+            "4",
+            "--lmgauge-max-tokens",
+            "8",
+            "-p",
+            "no:cacheprovider",
+        )
+    result.assert_outcomes(passed=6, skipped=1)  # Ollama reports no process RSS: skipped
+    result.stdout.fnmatch_lines(
+        [
+            "*backend: ollama (asked for ollama)*",
+            "*ollama-qwen3-7b-Q4_K_M-ctx4096 embedding_chunks_per_min: *(measured)*",
+            "*ollama-qwen3-7b-Q4_K_M-ctx4096 model_switch_s: *(measured)*",
+        ]
+    )

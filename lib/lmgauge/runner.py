@@ -25,6 +25,7 @@ from lmgauge.errors import ContextTooLargeError, InsufficientResourcesError, Lmg
 from lmgauge.hardware import cpu_name
 from lmgauge.measure import Sample, measure, measure_one
 from lmgauge.planner import estimate_memory
+from lmgauge.scenarios import ANSWER_TOKENS, COUNT, PROMPT_TOKENS, ScenarioResult, run_scenario
 from lmgauge.workload import exact_prompt
 
 DEFAULT_MATRIX: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = {
@@ -75,6 +76,7 @@ class CaseRun:
     error: str | None = None  # why it failed before any sample
     throughput: dict[int, tuple[float, list[Sample]]] = field(default_factory=dict)
     """Per concurrency level: aggregate output tokens/s, and the samples of that burst."""
+    scenarios: dict[str, ScenarioResult] = field(default_factory=dict)
 
 
 def build_cases(
@@ -189,6 +191,32 @@ class Runner:
         run.throughput[concurrency] = self._loop.run(burst())
         return run
 
+    def scenario(self, case: Case, name: str) -> CaseRun:
+        """Run one of seed 003's scenario workloads (scenarios.py) on ``case``'s model."""
+        run = self.run(case)
+        if run.skipped or run.error or name in run.scenarios:
+            return run
+        self._ensure_loaded(case)
+        tokens = PROMPT_TOKENS.get(name, 0)
+        if name == "rag":  # a long context, within the loaded one
+            tokens = min(tokens, case.context_tokens - ANSWER_TOKENS["rag"] - 64)
+        counter = self._counter()
+        prompts = [exact_prompt(tokens, counter, seed=5000 + i) for i in range(COUNT.get(name, 0))]
+        settings = LoadSettings(context_tokens=case.context_tokens, threads=self.workload.threads)
+        timeout_s = resolve_model(case.label).request_timeout_s
+        self.progress(f"{case.id}: scenario {name}")
+        run.scenarios[name] = self._loop.run(
+            run_scenario(name, self.backend, self._model_name(case), prompts, settings, timeout_s)
+        )
+        return run
+
+    def _counter(self) -> Callable[[str], int]:
+        """Tokens as the backend counts them, where it can; else words."""
+        count_tokens = getattr(self.backend, "count_tokens", None)
+        if callable(count_tokens):
+            return count_tokens  # type: ignore[no-any-return]
+        return lambda text: len(text.split())
+
     def _measure(self, case: Case) -> CaseRun:
         run = CaseRun(case)
         estimate = estimate_memory(case.label, case.quantization, case.context_tokens)
@@ -254,10 +282,7 @@ class Runner:
         """One request per seed, each with its own prompt of the workload's exact length
         (exact where the backend can count tokens; else counted in words)."""
         entry = resolve_model(case.label)
-        count_tokens = getattr(self.backend, "count_tokens", None)
-        counter: Callable[[str], int] = (
-            count_tokens if callable(count_tokens) else (lambda text: len(text.split()))
-        )
+        counter = self._counter()
         return [
             GenerateRequest(
                 self._model_name(case),

@@ -31,6 +31,7 @@ from lmgauge.catalog import GB
 from lmgauge.hardware import REFERENCE_PROFILES, fingerprint, probe_bandwidth
 from lmgauge.measure import Sample
 from lmgauge.runner import Case, CaseRun, Runner, Workload
+from lmgauge.scenarios import METRIC
 from lmgauge.stats import compare, error_rate
 from lmgauge.thresholds import Threshold, load_thresholds
 
@@ -44,7 +45,9 @@ SAMPLE_METRICS: dict[str, tuple[Callable[[Sample], float | None], bool]] = {
     "itl_s": (lambda s: statistics.median(s.itl_s) if s.itl_s else None, False),
 }
 RUN_METRICS = ("rss_bytes", "load_s", "error_rate_ratio")
+SCENARIO_METRICS = tuple(METRIC.values())
 THRESHOLD_METRIC = {
+    **{metric: metric for metric in SCENARIO_METRICS},
     "decode_tokens_per_s": "decode_tokens_per_s",
     "ttft_s": "ttft_s",
     "e2e_s": "e2e_s",
@@ -84,6 +87,8 @@ def _format(metric: str, value: float) -> str:
         return f"{value:.1%}"
     if metric.endswith("_tokens_per_s"):
         return f"{value:.4g} t/s"
+    if metric.endswith("_per_min"):
+        return f"{value:.4g}/min"
     return f"{value:.4g} s"
 
 
@@ -216,6 +221,37 @@ class CheckSession:
             baseline = f"{_format(metric, stored.values[0])} ({stored.provenance})"
             verdict = f"{ratio:.2f}x the baseline (single value: reported)"
         self._record(case, metric, measured, baseline, verdict, failed=bool(failures))
+        if failures:
+            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
+
+    def check_scenario(self, case: Case, scenario: str) -> None:
+        """One of seed 003's scenario workloads, against its target as a threshold."""
+        run = self.runner().scenario(case, scenario)
+        if run.skipped:
+            pytest.skip(run.skipped)
+        if run.error:
+            pytest.fail(f"{case.id}: {run.error}", pytrace=False)
+        result = run.scenarios[scenario]
+        if result.skipped:
+            pytest.skip(f"{scenario}: {result.skipped}")
+        metric = result.metric
+        failures = []
+        if result.errors:
+            failures.append(f"{len(result.errors)} request(s) failed: {result.errors[0]}")
+        if result.value is None:
+            self._record(case, metric, "-", "-", "; ".join(failures), failed=True)
+            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
+        measured = f"{_format(metric, result.value)} (measured)"
+        stored = self._stored_metric(case, metric)
+        baseline, verdict = "none", "no baseline for this profile"
+        if stored is not None:
+            baseline = f"{_format(metric, stored.values[0])} ({stored.provenance})"
+            ratio = result.value / stored.values[0]
+            verdict = f"{ratio:.2f}x the baseline (single value: reported)"
+        notes = self._thresholds_for(case, metric, result.value, failures)
+        self._record(
+            case, metric, measured, baseline, "; ".join([verdict, *notes]), failed=bool(failures)
+        )
         if failures:
             pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
 
@@ -391,6 +427,9 @@ class CheckSession:
             )
             recorded = {m: _values(run, m) for m in SAMPLE_METRICS}
             recorded.update({m: [v] for m in RUN_METRICS if (v := _run_value(run, m)) is not None})
+            recorded.update(
+                {r.metric: [r.value] for r in run.scenarios.values() if r.value is not None}
+            )
             recorded.update(
                 {
                     f"throughput_c{level}_tokens_per_s": [tokens_per_s]

@@ -1,0 +1,13 @@
+"""Seed 003's scenario workloads per case, each judged against its target as a threshold
+(on the reference profile; reported elsewhere). Select them with ``-k scenario``."""
+
+import pytest
+
+from lmgauge.runner import Case
+from lmgauge.scenarios import SCENARIOS
+from lmgauge.verdicts import CheckSession
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario(case: Case, scenario: str, lmgauge: CheckSession) -> None:
+    lmgauge.check_scenario(case, scenario)
