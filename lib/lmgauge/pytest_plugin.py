@@ -60,6 +60,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="smallest change that counts as a regression (default 0.05 = 5%%)",
     )
     group.addoption(
+        "--lmgauge-scenarios",
+        action="store_true",
+        help="also run seed 003's scenario workloads on heavy embedded cases (minutes each "
+        "on a 2-core machine; they run by default elsewhere)",
+    )
+    group.addoption(
         "--update-baselines",
         action="store_true",
         help="write this run's measurements as the baseline (keeps the old file)",
@@ -89,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
         tolerance=config.getoption("--lmgauge-tolerance"),
         update_baselines=config.getoption("--update-baselines"),
         runner_factory=Runner,
+        heavy_scenarios=config.getoption("--lmgauge-scenarios"),
     )
 
 

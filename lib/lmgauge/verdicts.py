@@ -102,6 +102,7 @@ class CheckSession:
     tolerance: float
     update_baselines: bool
     runner_factory: Callable[..., Runner]
+    heavy_scenarios: bool = False
     rows: list[Row] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     _runner: Runner | None = None
@@ -131,6 +132,7 @@ class CheckSession:
         tolerance: float,
         update_baselines: bool,
         runner_factory: Callable[..., Runner],
+        heavy_scenarios: bool = False,
     ) -> CheckSession:
         return cls(
             backend,
@@ -141,6 +143,7 @@ class CheckSession:
             tolerance,
             update_baselines,
             runner_factory,
+            heavy_scenarios,
         )
 
     def runner(self) -> Runner:
@@ -226,6 +229,11 @@ class CheckSession:
 
     def check_scenario(self, case: Case, scenario: str) -> None:
         """One of seed 003's scenario workloads, against its target as a threshold."""
+        if case.heavy and not self.heavy_scenarios:
+            pytest.skip(
+                "scenario workloads on a multi-billion-parameter embedded model take minutes "
+                "on a small machine; add --lmgauge-scenarios to run them"
+            )
         run = self.runner().scenario(case, scenario)
         if run.skipped:
             pytest.skip(run.skipped)
