@@ -34,6 +34,7 @@ from lmgauge.backends.base import (
     ServerTimings,
 )
 from lmgauge.backends.threaded import stream_from_thread
+from lmgauge.catalog import kv_cache_bits
 from lmgauge.errors import (
     BackendError,
     BackendUnavailableError,
@@ -44,7 +45,6 @@ from lmgauge.errors import (
 )
 
 KV_CACHE_GGML_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # GGML_TYPE_* of llama.cpp
-KV_CACHE_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 CHATML = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 SYNTHETIC_DESCRIPTION_PREFIX = "lmgauge synthetic weights"  # written by lmgauge.synthetic
 
@@ -112,7 +112,7 @@ class _Loaded:
         head_dim = self._int("attention.key_length")
         if not (layers and kv_heads and head_dim):
             return None
-        per_value = KV_CACHE_BYTES_PER_VALUE[self.settings.kv_cache_type]
+        per_value = kv_cache_bits(self.settings.kv_cache_type) / 8
         context_tokens: int = self.llm.n_ctx()
         return round(2 * layers * kv_heads * head_dim * per_value * context_tokens)
 
