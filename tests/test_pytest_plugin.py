@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lmgauge.report import load_report
 from lmgauge.synthetic import cache_dir
 
 # pytester points HOME at a temporary folder; keep the subprocesses on the real model cache.
@@ -108,6 +109,16 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
     slower.assert_outcomes(passed=1, failed=1)
     slower.stdout.fnmatch_lines(["*regression against the baseline: *x slower (significant*"])
     assert json.loads(path.read_text()) == data  # never overwritten without --update-baselines
+    reports = sorted(Path(suite.path, "reports").glob("*-llamacpp-*.json"))
+    assert len(reports) == 3  # one per run
+    report = load_report(reports[-1])
+    case = report["cases"][CASE]
+    assert report["status"] == "complete"
+    assert len([s for s in case["samples"] if not s["warmup"]]) == 4
+    decode_row = next(r for r in case["verdicts"] if r["metric"] == "decode_tokens_per_s")
+    assert decode_row["outcome"] == "regression"
+    assert decode_row["baseline_provenance"] == "measured"
+    assert case["derived"]["decode_roofline"]["provenance"] == "derived"
 
     data["cases"][CASE]["environment"]["quantization"] = "Q8_0"
     path.write_text(json.dumps(data))
@@ -118,6 +129,16 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
             "environment: quantization: 'Q8_0' -> 'Q4_K_M'*"
         ]
     )
+
+
+def test_an_unwritable_report_directory_fails_before_any_benchmark(
+    suite: pytest.Pytester,
+) -> None:
+    result = suite.runpytest_subprocess(*SHORT, "--lmgauge-report-dir", "/proc/lmgauge")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cannot write reports to /proc/lmgauge*--lmgauge-report-dir*"])
+    assert "PASSED" not in result.stdout.str()
+    assert "passed" not in result.stdout.str()
 
 
 def test_a_corrupt_baseline_names_the_file(suite: pytest.Pytester) -> None:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +26,7 @@ from typing import Any, Literal
 from scipy import stats as scipy_stats
 
 from lmgauge.errors import ConfigError
+from lmgauge.files import write_json_atomic
 
 FORMAT = "lmgauge-baseline"
 MAX_RUNS = 5
@@ -159,21 +158,36 @@ def load_baseline(path: Path) -> BaselineFile | None:
 
 def save_baseline(path: Path, baseline: BaselineFile) -> None:
     """Write atomically (temp file + rename), keeping the previous file as ``.prev``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(baseline.to_json(), indent=1, sort_keys=False) + "\n"
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a baseline is shared, committed
-        if path.exists():
-            os.replace(path, path.with_name(path.name + ".prev"))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, baseline.to_json(), keep_previous=True)
+
+
+def add_runs(
+    existing: BaselineFile | None,
+    profile: str,
+    backend: str,
+    runs: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Sequence[float]]]],
+    *,
+    source: str,
+    host: Mapping[str, Any],
+) -> BaselineFile:
+    """``existing`` with one more recorded run per case in ``runs`` (case id ->
+    environment, metric values). A case whose environment changed starts over."""
+    cases: dict[str, CaseBaseline] = dict(existing.cases) if existing else {}
+    for case_id, (environment, recorded) in runs.items():
+        previous = cases.get(case_id)
+        same = previous is not None and not environment_differences(
+            previous.environment, environment
+        )
+        metrics = {}
+        for metric, values in recorded.items():
+            if not values:
+                continue
+            old = previous.metrics.get(metric) if previous is not None and same else None
+            earlier = () if old is None else (old.run_medians or (statistics.median(old.values),))
+            medians = (*earlier, statistics.median(values))[-MAX_RUNS:]
+            metrics[metric] = MetricBaseline(tuple(values), "measured", source, medians)
+        cases[case_id] = CaseBaseline(dict(environment), metrics)
+    return BaselineFile(profile, backend, cases, dict(host))
 
 
 def environment_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from lmgauge.backends import BACKEND_NAMES
+from lmgauge.errors import ConfigError
+from lmgauge.report import check_writable
+from lmgauge.report_markdown import write_step_summary
 from lmgauge.runner import Case, Runner, Workload, build_cases
 from lmgauge.verdicts import CheckSession
 
@@ -54,6 +57,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--lmgauge-baselines", default="baselines", help="baseline directory")
     group.addoption(
+        "--lmgauge-report-dir",
+        default="reports",
+        help="where the run report goes (default: reports); written as cases are measured",
+    )
+    group.addoption(
         "--lmgauge-tolerance",
         type=float,
         default=0.05,
@@ -80,8 +88,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.getoption("--help", default=False):
         return
-    config.stash[SESSION] = CheckSession.from_options(
-        backend=config.getoption("--lmgauge-backend"),
+    config.stash[SESSION] = CheckSession(
+        requested_backend=config.getoption("--lmgauge-backend"),
         base_url=config.getoption("--lmgauge-url"),
         workload=Workload(
             prompt_tokens=config.getoption("--lmgauge-prompt-tokens"),
@@ -90,12 +98,14 @@ def pytest_configure(config: pytest.Config) -> None:
             max_samples=config.getoption("--lmgauge-max-samples"),
             threads=config.getoption("--lmgauge-threads"),
         ),
-        profile=config.getoption("--lmgauge-profile"),
+        profile_override=config.getoption("--lmgauge-profile"),
         baselines=Path(config.getoption("--lmgauge-baselines")),
         tolerance=config.getoption("--lmgauge-tolerance"),
         update_baselines=config.getoption("--update-baselines"),
         runner_factory=Runner,
         heavy_scenarios=config.getoption("--lmgauge-scenarios"),
+        report_dir=Path(config.getoption("--lmgauge-report-dir")),
+        run_settings={"pytest_args": list(config.invocation_params.args)},
     )
 
 
@@ -126,13 +136,19 @@ def _case_of(item: pytest.Item) -> Case | None:
     return case if isinstance(case, Case) else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run all tests of one case together: switching models costs a reload each time."""
     order: dict[str, int] = {}
     for item in items:
         case = _case_of(item)
         if case is not None:
             order.setdefault(case.id, len(order))
+    session = config.stash.get(SESSION, None)
+    if order and session is not None and session.report_dir is not None:
+        try:  # before any benchmark starts, not after the first one
+            check_writable(session.report_dir)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from exc
 
     def position(item: pytest.Item) -> int:
         case = _case_of(item)
@@ -156,10 +172,30 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(line)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     check_session = session.config.stash.get(SESSION, None)
-    if check_session is not None:
-        check_session.write_baselines()
+    if check_session is None:
+        return
+    check_session.write_baselines()
+    report = check_session.report
+    if report is not None:
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        report.finish(
+            "interrupted" if interrupted else "complete",
+            failed_tests=session.testsfailed,
+            exit_code=int(exitstatus),
+        )
+        write_step_summary(report.data)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list[object], output_json: dict[str, object]
+) -> None:
+    """Users of pytest-benchmark's --benchmark-json get the LLM figures in the same file."""
+    session = config.stash.get(SESSION, None)
+    if session is not None and session.report is not None:
+        output_json["lmgauge"] = session.report.data
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -116,9 +116,11 @@ class Runner:
         *,
         base_url: str | None = None,
         progress: Callable[[str], None] = lambda _message: None,
+        on_update: Callable[[CaseRun], None] = lambda _run: None,
     ) -> None:
         self.workload = workload
         self.progress = progress
+        self.on_update = on_update  # sees a run after every sample: persist it there
         self._loop = asyncio.Runner()
         self.detection_reason = f"asked for {backend_name}"
         if backend_name == "auto":
@@ -156,7 +158,7 @@ class Runner:
         if run.skipped or run.error:
             return
         self._ensure_loaded(case)
-        run.samples.extend(self._samples(case, count, warmups=0, first=len(run.samples)))
+        self._sample_into(run, count, warmups=0, first=len(run.samples))
 
     def throughput(self, case: Case, concurrency: int) -> CaseRun:
         """Aggregate output tokens/s with ``concurrency`` requests in flight, submitted
@@ -189,6 +191,7 @@ class Runner:
 
         self.progress(f"{case.id}: {concurrency} concurrent requests")
         run.throughput[concurrency] = self._loop.run(burst())
+        self.on_update(run)
         return run
 
     def scenario(self, case: Case, name: str) -> CaseRun:
@@ -208,6 +211,7 @@ class Runner:
         run.scenarios[name] = self._loop.run(
             run_scenario(name, self.backend, self._model_name(case), prompts, settings, timeout_s)
         )
+        self.on_update(run)
         return run
 
     def _counter(self) -> Callable[[str], int]:
@@ -231,13 +235,15 @@ class Runner:
             self.progress(f"{case.id}: loading")
             run.load = self._ensure_loaded(case)
             run.environment = self._environment(case)
+            self.on_update(run)
             self.progress(f"{case.id}: measuring {self.workload.samples} samples")
-            run.samples = self._samples(case, self.workload.samples, self.workload.warmups, 0)
+            self._sample_into(run, self.workload.samples, self.workload.warmups, 0)
             run.memory = self._loop.run(self.backend.memory())
         except InsufficientResourcesError as exc:
             run.skipped = str(exc)
         except LmgaugeError as exc:
             run.error = f"{type(exc).__name__}: {exc}"
+        self.on_update(run)
         return run
 
     def _model_name(self, case: Case) -> str:
@@ -294,15 +300,23 @@ class Runner:
             for seed in seeds
         ]
 
-    def _samples(self, case: Case, count: int, warmups: int, first: int) -> list[Sample]:
-        requests = self._requests(case, range(first, first + warmups + count))
+    def _sample_into(self, run: CaseRun, count: int, warmups: int, first: int) -> None:
+        """Measure into ``run.samples`` one sample at a time, so that an interrupted run
+        keeps (and reports) every sample taken before the interrupt."""
+        requests = self._requests(run.case, range(first, first + warmups + count))
         exact = callable(getattr(self.backend, "count_tokens", None))
-        return self._loop.run(
+
+        def keep(sample: Sample) -> None:
+            run.samples.append(sample)
+            self.on_update(run)
+
+        self._loop.run(
             measure(
                 self.backend,
                 requests.__getitem__,
                 samples=count,
                 warmups=warmups,
                 expected_prompt_tokens=self.workload.prompt_tokens if exact else None,
+                on_sample=keep,
             )
         )

@@ -10,42 +10,46 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from lmgauge import __version__
 from lmgauge.baselines import (
-    MAX_RUNS,
     BaselineFile,
     CaseBaseline,
     MetricBaseline,
+    add_runs,
     baseline_path,
     environment_differences,
     load_baseline,
     save_baseline,
 )
-from lmgauge.catalog import GB
-from lmgauge.hardware import REFERENCE_PROFILES, fingerprint, probe_bandwidth
-from lmgauge.measure import Sample
+from lmgauge.catalog import resolve_model
+from lmgauge.hardware import (
+    REFERENCE_PROFILES,
+    HostFingerprint,
+    decode_roofline_tokens_per_s,
+    fingerprint,
+    probe_bandwidth,
+)
+from lmgauge.metrics import (
+    SAMPLE_METRICS,
+    SCENARIO_METRICS,
+    format_value,
+    metric_values,
+    run_value,
+    sample_values,
+    throughput_metric,
+)
+from lmgauge.report import ReportWriter, Row
 from lmgauge.runner import Case, CaseRun, Runner, Workload
-from lmgauge.scenarios import METRIC
-from lmgauge.stats import compare, error_rate
+from lmgauge.stats import Comparison, compare
 from lmgauge.thresholds import Threshold, load_thresholds
 
 REFERENCE_PROFILE = "apple-m3-max-128gb"
-SAMPLE_METRICS: dict[str, tuple[Callable[[Sample], float | None], bool]] = {
-    # metric: (value of one sample, higher is better)
-    "decode_tokens_per_s": (lambda s: s.decode_tokens_per_s, True),
-    "prefill_tokens_per_s": (lambda s: s.prefill_tokens_per_s, True),
-    "ttft_s": (lambda s: s.ttft_s, False),
-    "e2e_s": (lambda s: s.e2e_s, False),
-    "itl_s": (lambda s: statistics.median(s.itl_s) if s.itl_s else None, False),
-}
-RUN_METRICS = ("rss_bytes", "load_s", "error_rate_ratio")
-SCENARIO_METRICS = tuple(METRIC.values())
 THRESHOLD_METRIC = {
     **{metric: metric for metric in SCENARIO_METRICS},
     "decode_tokens_per_s": "decode_tokens_per_s",
@@ -57,39 +61,19 @@ THRESHOLD_METRIC = {
 MEMORY_TOLERANCE = 0.10
 
 
-@dataclass
-class Row:
-    case_id: str
-    metric: str
-    measured: str
-    baseline: str
-    verdict: str
-    failed: bool
+@dataclass(frozen=True)
+class Judgement:
+    """What the baseline says about one metric: the baseline fields of a verdict row."""
 
-
-def _run_value(run: CaseRun, metric: str) -> float | None:
-    if metric == "rss_bytes":
-        return float(run.memory.rss_bytes) if run.memory and run.memory.rss_bytes else None
-    if metric == "load_s":
-        return run.load.load_s if run.load and not run.load.already_loaded else None
-    return error_rate(run.samples)
-
-
-def _values(run: CaseRun, metric: str) -> list[float]:
-    get = SAMPLE_METRICS[metric][0]
-    return [v for s in run.samples if s.valid and (v := get(s)) is not None]
-
-
-def _format(metric: str, value: float) -> str:
-    if metric.endswith("_bytes"):
-        return f"{value / GB:.2f} GB"
-    if metric.endswith("_ratio"):
-        return f"{value:.1%}"
-    if metric.endswith("_tokens_per_s"):
-        return f"{value:.4g} t/s"
-    if metric.endswith("_per_min"):
-        return f"{value:.4g}/min"
-    return f"{value:.4g} s"
+    baseline: str = "none"
+    verdict: str = "no baseline for this profile (record one with --update-baselines)"
+    outcome: str = "no baseline"
+    baseline_value: float | None = None
+    baseline_provenance: str | None = None
+    baseline_source: str = ""
+    baseline_values: tuple[float, ...] = ()
+    comparison: Comparison | None = None
+    ratio: float | None = None
 
 
 @dataclass
@@ -103,53 +87,39 @@ class CheckSession:
     update_baselines: bool
     runner_factory: Callable[..., Runner]
     heavy_scenarios: bool = False
+    report_dir: Path | None = None
+    run_settings: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    report: ReportWriter | None = None
     _runner: Runner | None = None
     _baseline: BaselineFile | None = None
     _baseline_loaded: bool = False
     _thresholds: tuple[Threshold, ...] | None = None
     _bandwidth: float | None = None
     _profile: str | None = None
+    _host: HostFingerprint | None = None
 
     @property
     def profile(self) -> str:
         """The hardware profile, from --lmgauge-profile or this host's fingerprint, taken
         only when a benchmark needs it (on macOS the fingerprint runs system_profiler)."""
         if self._profile is None:
-            self._profile = self.profile_override or fingerprint().profile
+            self._profile = self.profile_override or self.host().profile
         return self._profile
 
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        backend: str,
-        base_url: str | None,
-        workload: Workload,
-        profile: str | None,
-        baselines: Path,
-        tolerance: float,
-        update_baselines: bool,
-        runner_factory: Callable[..., Runner],
-        heavy_scenarios: bool = False,
-    ) -> CheckSession:
-        return cls(
-            backend,
-            base_url,
-            workload,
-            profile,
-            baselines,
-            tolerance,
-            update_baselines,
-            runner_factory,
-            heavy_scenarios,
-        )
+    def host(self) -> HostFingerprint:
+        if self._host is None:
+            self._host = fingerprint()
+        return self._host
 
     def runner(self) -> Runner:
         if self._runner is None:
             self._runner = self.runner_factory(
-                self.requested_backend, self.workload, base_url=self.base_url
+                self.requested_backend,
+                self.workload,
+                base_url=self.base_url,
+                on_update=self._on_update,
             )
             self.messages.append(
                 f"backend: {self._runner.backend_name} ({self._runner.detection_reason})"
@@ -167,65 +137,98 @@ class CheckSession:
             self._baseline_loaded = True
         return self._baseline
 
+    # --- the report -----------------------------------------------------------------------
+
+    def _on_update(self, run: CaseRun) -> None:
+        """Every new sample goes to the report on disk before the next one is measured."""
+        if self.report_dir is None:
+            return
+        if self.report is None:
+            runner = self.runner()
+            self.report = ReportWriter.start(
+                self.report_dir,
+                backend={
+                    "name": runner.backend_name,
+                    "requested": self.requested_backend,
+                    "detection": runner.detection_reason,
+                    "base_url": self.base_url,
+                },
+                profile=self.profile,
+                host=vars(self.host()),
+                run={
+                    "workload": asdict(self.workload),
+                    "tolerance": self.tolerance,
+                    "baselines": str(self.baselines),
+                    "update_baselines": self.update_baselines,
+                    **self.run_settings,
+                },
+            )
+            self.messages.append(f"report: {self.report.path}")
+        self.report.record_case(run, derived={"decode_roofline": self._roofline(run.case)})
+
+    def _roofline(self, case: Case) -> dict[str, Any]:
+        """The most decode tokens/s this host's memory bandwidth allows for the case: a
+        derived figure, from the public bandwidth of a reference machine or the one
+        measured here."""
+        if self.profile in REFERENCE_PROFILES:
+            reference = REFERENCE_PROFILES[self.profile]
+            bandwidth, bandwidth_source = reference.bandwidth_bytes_per_s, reference.source
+        else:
+            bandwidth = self.bandwidth()
+            bandwidth_source = "measured here (numpy read probe, hardware.probe_bandwidth)"
+        entry = resolve_model(case.label)
+        weights = entry.active_weight_bytes(case.quantization)
+        kv_per_token = entry.architecture.kv_bytes_per_token("f16")
+        mean_context = self.workload.prompt_tokens + self.workload.max_tokens / 2
+        return {
+            "tokens_per_s": decode_roofline_tokens_per_s(
+                bandwidth, weights, kv_per_token, round(mean_context)
+            ),
+            "provenance": "derived",
+            "source": (
+                f"bandwidth {bandwidth / 1e9:.1f} GB/s ({bandwidth_source}) / "
+                f"({weights / 1e9:.2f} GB active weights + f16 KV cache at "
+                f"{mean_context:.0f} tokens)"
+            ),
+        }
+
     # --- the check ------------------------------------------------------------------------
 
     def check(self, case: Case, metric: str) -> None:
         """Measure ``case`` (once per session), judge ``metric``, fail on a regression or
         a hard threshold breach."""
-        run = self.runner().run(case)
-        if run.skipped:
-            pytest.skip(run.skipped)
-        if run.error:
-            self._record(case, metric, "-", "-", run.error, failed=True)
-            pytest.fail(f"{case.id}: {run.error}", pytrace=False)
+        run = self._measured(case, self.runner().run(case))
         if metric in SAMPLE_METRICS:
             self._sample_more_if_inconclusive(case, metric)
-            values = _values(run, metric)
+            values = sample_values(run.samples, metric)
             if not values:
                 reasons = sorted({s.invalid_reason or "" for s in run.samples if not s.valid})
                 message = f"{case.id}: no valid sample for {metric}: {'; '.join(reasons)}"
-                self._record(case, metric, "-", "-", message, failed=True)
-                pytest.fail(message, pytrace=False)
+                self._fail(Row(case.id, metric, "-", "-", message, True, outcome="error"))
             value = statistics.median(values)
-            measured = f"{_format(metric, value)} (median of {len(values)}, measured)"
+            measured = f"{format_value(metric, value)} (median of {len(values)}, measured)"
         else:
-            single = _run_value(run, metric)
+            single = run_value(run, metric)
             if single is None:
                 pytest.skip(f"{metric} was not reported for {case.id}")
             value, values = single, [single]
-            measured = f"{_format(metric, value)} (measured)"
+            measured = f"{format_value(metric, value)} (measured)"
         failures: list[str] = []
-        baseline_text, verdict = self._against_baseline(case, run, metric, values, failures)
-        notes = self._thresholds_for(case, metric, value, failures)
-        verdict = "; ".join([verdict, *notes])
-        self._record(case, metric, measured, baseline_text, verdict, failed=bool(failures))
-        if failures:
-            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
+        judgement = self._against_baseline(case, run, metric, values, failures)
+        self._conclude(case, metric, value, measured, judgement, failures)
 
     def check_throughput(self, case: Case, concurrency: int) -> None:
         """Aggregate tokens/s at ``concurrency`` requests in flight, through the batcher."""
-        run = self.runner().throughput(case, concurrency)
-        if run.skipped:
-            pytest.skip(run.skipped)
-        if run.error:
-            pytest.fail(f"{case.id}: {run.error}", pytrace=False)
+        run = self._measured(case, self.runner().throughput(case, concurrency))
         tokens_per_s, samples = run.throughput[concurrency]
-        metric = f"throughput_c{concurrency}_tokens_per_s"
+        metric = throughput_metric(concurrency)
         failed = [s for s in samples if not s.ok]
-        measured = f"{_format(metric, tokens_per_s)} (measured, {len(samples)} requests)"
+        measured = f"{format_value(metric, tokens_per_s)} (measured, {len(samples)} requests)"
         failures = []
         if failed:
             failures.append(f"{len(failed)} of {len(samples)} requests failed: {failed[0].error}")
-        stored = self._stored_metric(case, metric)
-        if stored is None:
-            baseline, verdict = "none", "no baseline for this profile"
-        else:
-            ratio = tokens_per_s / stored.values[0]
-            baseline = f"{_format(metric, stored.values[0])} ({stored.provenance})"
-            verdict = f"{ratio:.2f}x the baseline (single value: reported)"
-        self._record(case, metric, measured, baseline, verdict, failed=bool(failures))
-        if failures:
-            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
+        judgement = self._single_value(case, metric, tokens_per_s)
+        self._conclude(case, metric, tokens_per_s, measured, judgement, failures)
 
     def check_scenario(self, case: Case, scenario: str) -> None:
         """One of seed 003's scenario workloads, against its target as a threshold."""
@@ -234,11 +237,7 @@ class CheckSession:
                 "scenario workloads on a multi-billion-parameter embedded model take minutes "
                 "on a small machine; add --lmgauge-scenarios to run them"
             )
-        run = self.runner().scenario(case, scenario)
-        if run.skipped:
-            pytest.skip(run.skipped)
-        if run.error:
-            pytest.fail(f"{case.id}: {run.error}", pytrace=False)
+        run = self._measured(case, self.runner().scenario(case, scenario))
         result = run.scenarios[scenario]
         if result.skipped:
             pytest.skip(f"{scenario}: {result.skipped}")
@@ -247,21 +246,62 @@ class CheckSession:
         if result.errors:
             failures.append(f"{len(result.errors)} request(s) failed: {result.errors[0]}")
         if result.value is None:
-            self._record(case, metric, "-", "-", "; ".join(failures), failed=True)
-            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
-        measured = f"{_format(metric, result.value)} (measured)"
-        stored = self._stored_metric(case, metric)
-        baseline, verdict = "none", "no baseline for this profile"
-        if stored is not None:
-            baseline = f"{_format(metric, stored.values[0])} ({stored.provenance})"
-            ratio = result.value / stored.values[0]
-            verdict = f"{ratio:.2f}x the baseline (single value: reported)"
-        notes = self._thresholds_for(case, metric, result.value, failures)
-        self._record(
-            case, metric, measured, baseline, "; ".join([verdict, *notes]), failed=bool(failures)
+            self._fail(Row(case.id, metric, "-", "-", "; ".join(failures), True, outcome="error"))
+        measured = f"{format_value(metric, result.value)} (measured)"
+        judgement = self._single_value(case, metric, result.value)
+        self._conclude(case, metric, result.value, measured, judgement, failures)
+
+    def _measured(self, case: Case, run: CaseRun) -> CaseRun:
+        if run.skipped:
+            pytest.skip(run.skipped)
+        if run.error:
+            self._fail(Row(case.id, "-", "-", "-", run.error, True, outcome="error"))
+        return run
+
+    def _conclude(
+        self,
+        case: Case,
+        metric: str,
+        value: float,
+        measured: str,
+        judgement: Judgement,
+        failures: list[str],
+    ) -> None:
+        notes = self._thresholds_for(case, metric, value, failures)
+        comparison = judgement.comparison
+        outcome = judgement.outcome
+        if failures and outcome not in ("regression", "refused"):
+            breach = any(f.startswith("threshold breach") for f in failures)
+            outcome = "breach" if breach else "error"
+        row = Row(
+            case.id,
+            metric,
+            measured,
+            judgement.baseline,
+            "; ".join([judgement.verdict, *notes]),
+            bool(failures),
+            value=value,
+            baseline_value=judgement.baseline_value,
+            baseline_provenance=judgement.baseline_provenance,
+            baseline_source=judgement.baseline_source,
+            baseline_values=judgement.baseline_values,
+            outcome=outcome,
+            ratio=comparison.ratio if comparison else judgement.ratio,
+            p_value=comparison.p_value if comparison else None,
+            thresholds=tuple(notes),
         )
         if failures:
-            pytest.fail(f"{case.id} {metric}: " + "\n".join(failures), pytrace=False)
+            self._fail(row, "\n".join(failures))
+        self._record(row)
+
+    def _fail(self, row: Row, why: str | None = None) -> NoReturn:
+        self._record(row)
+        pytest.fail(f"{row.case_id} {row.metric}: {why or row.verdict}", pytrace=False)
+
+    def _record(self, row: Row) -> None:
+        self.rows.append(row)
+        if self.report is not None:
+            self.report.record_verdict(row)
 
     def _sample_more_if_inconclusive(self, case: Case, metric: str) -> None:
         runner = self.runner()
@@ -272,7 +312,7 @@ class CheckSession:
                 return
             result = compare(
                 stored.values,
-                _values(run, metric),
+                sample_values(run.samples, metric),
                 higher_is_better=SAMPLE_METRICS[metric][1],
                 tolerance=self._tolerance(stored)[0],
             )
@@ -288,36 +328,56 @@ class CheckSession:
         stored = self._stored_case(case)
         return None if stored is None else stored.metrics.get(metric)
 
+    def _single_value(self, case: Case, metric: str, value: float) -> Judgement:
+        """A metric measured once per run: its ratio to the baseline is reported."""
+        stored = self._stored_metric(case, metric)
+        if stored is None:
+            return Judgement(verdict="no baseline for this profile")
+        ratio = value / stored.values[0]
+        return Judgement(
+            f"{format_value(metric, stored.values[0])} ({stored.provenance})",
+            f"{ratio:.2f}x the baseline (single value: reported)",
+            "reported",
+            stored.values[0],
+            stored.provenance,
+            stored.source,
+            stored.values,
+            ratio=ratio,
+        )
+
     def _against_baseline(
         self, case: Case, run: CaseRun, metric: str, values: list[float], failures: list[str]
-    ) -> tuple[str, str]:
+    ) -> Judgement:
         stored_case = self._stored_case(case)
         stored = self._stored_metric(case, metric)
         if stored_case is None or stored is None:
-            return "none", "no baseline for this profile (record one with --update-baselines)"
-        base_text = f"{_format(metric, statistics.median(stored.values))} ({stored.provenance})"
+            return Judgement()
+        median = statistics.median(stored.values)
+        base = Judgement(
+            baseline=f"{format_value(metric, median)} ({stored.provenance})",
+            baseline_value=median,
+            baseline_provenance=stored.provenance,
+            baseline_source=stored.source,
+            baseline_values=stored.values,
+        )
+        ratio = statistics.median(values) / median if median else None
         if stored.provenance != "measured":  # nothing to match: reported, never judged
-            ratio = statistics.median(values) / statistics.median(stored.values)
-            return base_text, (
-                f"{ratio:.2f}x the {stored.provenance} baseline "
-                f"({stored.source}); reported, not judged"
+            return replace(
+                base,
+                verdict=f"{ratio or float('nan'):.2f}x the {stored.provenance} baseline "
+                f"({stored.source}); reported, not judged",
+                outcome="reported",
+                ratio=ratio,
             )
-        unlike = [
-            d
-            for d in environment_differences(stored_case.environment, run.environment)
-            if not d.startswith("backend_version")
-        ]
+        differences = environment_differences(stored_case.environment, run.environment)
+        unlike = [d for d in differences if not d.startswith("backend_version")]
         if unlike:
             failures.append(
                 "refusing to compare with a baseline from an unlike environment: "
                 f"{'; '.join(unlike)}. Re-record it with --update-baselines"
             )
-            return base_text, "refused: unlike environment"
-        release = [
-            d
-            for d in environment_differences(stored_case.environment, run.environment)
-            if d.startswith("backend_version")
-        ]
+            return replace(base, verdict="refused: unlike environment", outcome="refused")
+        release = [d for d in differences if d.startswith("backend_version")]
         prefix = f"across releases ({release[0]}): " if release else ""
         if metric in SAMPLE_METRICS:
             tolerance, why = self._tolerance(stored)
@@ -329,12 +389,27 @@ class CheckSession:
             )
             if result.verdict == "regression":
                 failures.append(f"regression against the baseline: {result.describe()}{why}")
-            return base_text, prefix + result.describe() + why
-        ratio = values[0] / stored.values[0] if stored.values[0] else float("nan")
-        if metric == "rss_bytes" and ratio > 1 + max(self.tolerance, MEMORY_TOLERANCE):
-            failures.append(f"memory regression: {ratio:.2f}x the baseline")
-            return base_text, f"{prefix}{ratio:.2f}x higher (beyond {MEMORY_TOLERANCE:.0%})"
-        return base_text, f"{prefix}{ratio:.2f}x the baseline (single value: reported)"
+            return replace(
+                base,
+                verdict=prefix + result.describe() + why,
+                outcome=result.verdict,
+                comparison=result,
+            )
+        single = values[0] / stored.values[0] if stored.values[0] else float("nan")
+        if metric == "rss_bytes" and single > 1 + max(self.tolerance, MEMORY_TOLERANCE):
+            failures.append(f"memory regression: {single:.2f}x the baseline")
+            return replace(
+                base,
+                verdict=f"{prefix}{single:.2f}x higher (beyond {MEMORY_TOLERANCE:.0%})",
+                outcome="regression",
+                ratio=single,
+            )
+        return replace(
+            base,
+            verdict=f"{prefix}{single:.2f}x the baseline (single value: reported)",
+            outcome="reported",
+            ratio=single,
+        )
 
     def _tolerance(self, stored: MetricBaseline) -> tuple[float, str]:
         """The smallest change that counts: the configured tolerance, or the spread between
@@ -387,8 +462,8 @@ class CheckSession:
             if met:
                 continue
             text = (
-                f"{threshold.severity} {threshold.id}: {_format(metric, value)} "
-                f"{'<' if threshold.direction == 'min' else '>'} {_format(metric, limit)}"
+                f"{threshold.severity} {threshold.id}: {format_value(metric, value)} "
+                f"{'<' if threshold.direction == 'min' else '>'} {format_value(metric, limit)}"
                 f"{how} [{threshold.source}: {threshold.source_key}]"
             )
             if threshold.fails_test:
@@ -400,11 +475,6 @@ class CheckSession:
         if self._bandwidth is None:
             self._bandwidth = probe_bandwidth().read_bytes_per_s
         return self._bandwidth
-
-    def _record(
-        self, case: Case, metric: str, measured: str, baseline: str, verdict: str, *, failed: bool
-    ) -> None:
-        self.rows.append(Row(case.id, metric, measured, baseline, verdict, failed))
 
     # --- the end of the session -----------------------------------------------------------
 
@@ -421,44 +491,24 @@ class CheckSession:
     def write_baselines(self) -> None:
         if not self.update_baselines or self._runner is None:
             return
-        runs = [r for r in self._runner.runs() if r.samples and not r.error]
+        runs = {
+            r.case.id: (r.environment, metric_values(r))
+            for r in self._runner.runs()
+            if r.samples and not r.error
+        }
         if not runs:
             return
         path = baseline_path(self.baselines, self.profile, self.backend_name)
         existing = self.baseline_file()
-        cases: dict[str, CaseBaseline] = dict(existing.cases) if existing else {}
         source = f"measured on {self.profile} by lmgauge {__version__}, {time.strftime('%F')}"
-        for run in runs:
-            previous = cases.get(run.case.id)
-            same = previous is not None and not environment_differences(
-                previous.environment, run.environment
-            )
-            recorded = {m: _values(run, m) for m in SAMPLE_METRICS}
-            recorded.update({m: [v] for m in RUN_METRICS if (v := _run_value(run, m)) is not None})
-            recorded.update(
-                {r.metric: [r.value] for r in run.scenarios.values() if r.value is not None}
-            )
-            recorded.update(
-                {
-                    f"throughput_c{level}_tokens_per_s": [tokens_per_s]
-                    for level, (tokens_per_s, _) in run.throughput.items()
-                }
-            )
-            metrics = {}
-            for metric, values in recorded.items():
-                if not values:
-                    continue
-                old = previous.metrics.get(metric) if previous is not None and same else None
-                earlier = (
-                    () if old is None else (old.run_medians or (statistics.median(old.values),))
-                )
-                medians = (*earlier, statistics.median(values))[-MAX_RUNS:]
-                metrics[metric] = MetricBaseline(tuple(values), "measured", source, medians)
-            cases[run.case.id] = CaseBaseline(run.environment, metrics)
-        host: dict[str, Any] = dict(vars(fingerprint()))
-        save_baseline(path, BaselineFile(self.profile, self.backend_name, cases, host))
+        baseline = add_runs(
+            existing, self.profile, self.backend_name, runs, source=source, host=vars(self.host())
+        )
+        save_baseline(path, baseline)
         kept = f" (previous kept as {path.name}.prev)" if existing else ""
         self.messages.append(f"baseline written: {path}{kept}")
+        if self.report is not None:
+            self.report.note(f"baseline written: {path}{kept}")
 
     def finish(self) -> None:
         if self._runner is not None:
