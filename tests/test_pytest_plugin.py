@@ -129,6 +129,11 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
             "environment: quantization: 'Q8_0' -> 'Q4_K_M'*"
         ]
     )
+    allowed = suite.runpytest_subprocess(*SHORT, "--lmgauge-allow-unlike")
+    allowed.stdout.fnmatch_lines(["*UNLIKE environment, allowed by --lmgauge-allow-unlike*"])
+    assert "refusing to compare" not in allowed.stdout.str()
+    latest = load_report(sorted(Path(suite.path, "reports").glob("*.json"))[-1])
+    assert latest["run"]["allow_unlike"] is True
 
 
 def test_an_unwritable_report_directory_fails_before_any_benchmark(

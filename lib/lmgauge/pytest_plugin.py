@@ -74,6 +74,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "on a 2-core machine; they run by default elsewhere)",
     )
     group.addoption(
+        "--lmgauge-allow-unlike",
+        action="store_true",
+        help="compare with a baseline recorded in an unlike environment (another model "
+        "digest, quantization or host) instead of refusing; the report records it",
+    )
+    group.addoption(
         "--update-baselines",
         action="store_true",
         help="write this run's measurements as the baseline (keeps the old file)",
@@ -104,6 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
         update_baselines=config.getoption("--update-baselines"),
         runner_factory=Runner,
         heavy_scenarios=config.getoption("--lmgauge-scenarios"),
+        allow_unlike=config.getoption("--lmgauge-allow-unlike"),
         report_dir=Path(config.getoption("--lmgauge-report-dir")),
         run_settings={"pytest_args": list(config.invocation_params.args)},
     )
@@ -165,7 +172,7 @@ def lmgauge(request: pytest.FixtureRequest) -> CheckSession:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     session = terminalreporter.config.stash.get(SESSION, None)
-    if session is None or not session.rows:
+    if session is None or not (session.rows or session.report):
         return
     terminalreporter.section("lmgauge verdicts")
     for line in session.table_lines():

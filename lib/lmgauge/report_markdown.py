@@ -69,6 +69,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for case_id, case in report["cases"].items():
         if case.get("skipped"):
             lines.append(f"| {case_id} | - | - | - | skipped: {_cell(case['skipped'])} |")
+        elif case.get("error"):
+            lines.append(f"| {case_id} | - | - | - | ❌ error: {_cell(case['error'])} |")
+        elif not case.get("verdicts"):
+            measured = [s for s in case.get("samples", []) if not s.get("warmup")]
+            lines.append(
+                f"| {case_id} | - | {len(measured)} samples measured | - | "
+                f"no verdict (the run {report.get('status')} before one) |"
+            )
         for row in case.get("verdicts", []):
             mark = OUTCOME_MARK.get(row["outcome"], row["outcome"])
             lines.append(

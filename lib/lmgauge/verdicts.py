@@ -87,6 +87,7 @@ class CheckSession:
     update_baselines: bool
     runner_factory: Callable[..., Runner]
     heavy_scenarios: bool = False
+    allow_unlike: bool = False  # compare with a baseline from an unlike environment anyway
     report_dir: Path | None = None
     run_settings: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
@@ -160,10 +161,10 @@ class CheckSession:
                     "tolerance": self.tolerance,
                     "baselines": str(self.baselines),
                     "update_baselines": self.update_baselines,
+                    "allow_unlike": self.allow_unlike,
                     **self.run_settings,
                 },
             )
-            self.messages.append(f"report: {self.report.path}")
         self.report.record_case(run, derived={"decode_roofline": self._roofline(run.case)})
 
     def _roofline(self, case: Case) -> dict[str, Any]:
@@ -371,14 +372,19 @@ class CheckSession:
             )
         differences = environment_differences(stored_case.environment, run.environment)
         unlike = [d for d in differences if not d.startswith("backend_version")]
-        if unlike:
+        if unlike and not self.allow_unlike:
             failures.append(
                 "refusing to compare with a baseline from an unlike environment: "
-                f"{'; '.join(unlike)}. Re-record it with --update-baselines"
+                f"{'; '.join(unlike)}. Re-record it with --update-baselines, or compare "
+                "anyway with --lmgauge-allow-unlike"
             )
             return replace(base, verdict="refused: unlike environment", outcome="refused")
         release = [d for d in differences if d.startswith("backend_version")]
         prefix = f"across releases ({release[0]}): " if release else ""
+        if unlike:
+            prefix = (
+                f"UNLIKE environment, allowed by --lmgauge-allow-unlike ({'; '.join(unlike)}): "
+            )
         if metric in SAMPLE_METRICS:
             tolerance, why = self._tolerance(stored)
             result = compare(
@@ -485,6 +491,13 @@ class CheckSession:
             lines.append(
                 f"{mark} {row.case_id} {row.metric}: {row.measured}; baseline "
                 f"{row.baseline}; {row.verdict}"
+            )
+        if self.report is not None:
+            cases = self.report.data["cases"].values()
+            samples = sum(len(c.get("samples", [])) for c in cases)
+            lines.append(
+                f"report ({self.report.data['status']}, {samples} samples of "
+                f"{len(cases)} case(s)): {self.report.path}"
             )
         return lines
 
