@@ -19,7 +19,7 @@ from lmgauge.backends.base import (
     ModelInfo,
     ServerTimings,
 )
-from lmgauge.errors import BackendTimeoutError
+from lmgauge.errors import BackendTimeoutError, ServerError
 from lmgauge.measure import Sample, measure, measure_one
 from lmgauge.stats import error_rate, summarize, summarize_samples
 
@@ -205,3 +205,58 @@ async def test_thinking_tokens_are_counted_apart_from_the_answer() -> None:
     assert sample.ttft_s is not None
     assert sample.time_to_first_answer_s is not None
     assert sample.time_to_first_answer_s > sample.ttft_s
+
+
+class BusyBackend(ScriptedBackend):
+    """Answers HTTP 503 (queue full) to its first ``busy`` requests, then streams."""
+
+    def __init__(self, script: Sequence[tuple[float, Chunk]], busy: int) -> None:
+        super().__init__(script)
+        self.busy = busy
+        self.calls = 0
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise ServerError("http://x/api/generate answered HTTP 503: server busy", 503)
+        async for chunk in super().generate(request):
+            yield chunk
+
+
+BUSY_SCRIPT = [(0.001 * (i + 1), Chunk("w", 1, 0.0)) for i in range(4)]
+
+
+@pytest.mark.asyncio
+async def test_a_busy_server_is_retried_with_backoff_and_the_retries_are_kept() -> None:
+    backend = BusyBackend(BUSY_SCRIPT, busy=2)
+    sample = await measure_one(backend, GenerateRequest("m", "p", 4), backoff_s=(0.01, 0.02, 0.04))
+    assert sample.ok
+    assert sample.valid
+    assert backend.calls == 3
+    assert sample.metadata["retries"] == ["HTTP 503, waited 0.01 s", "HTTP 503, waited 0.02 s"]
+
+
+@pytest.mark.asyncio
+async def test_a_server_busy_past_the_last_retry_is_a_recorded_error() -> None:
+    backend = BusyBackend(BUSY_SCRIPT, busy=10)
+    sample = await measure_one(backend, GenerateRequest("m", "p", 4), backoff_s=(0.01, 0.01))
+    assert not sample.ok
+    assert backend.calls == 3  # the first try and two retries: bounded
+    assert sample.error == (
+        "ServerError: http://x/api/generate answered HTTP 503: server busy "
+        "(gave up after 2 retries: HTTP 503, waited 0.01 s; HTTP 503, waited 0.01 s)"
+    )
+
+
+@pytest.mark.asyncio
+async def test_other_server_errors_are_not_retried() -> None:
+    class Broken(BusyBackend):
+        async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+            self.calls += 1
+            raise ServerError("http://x/v1/completions answered HTTP 500: boom", 500)
+            yield Chunk("", 0, 0.0)  # an async generator
+
+    backend = Broken(BUSY_SCRIPT, busy=0)
+    sample = await measure_one(backend, GenerateRequest("m", "p", 4), backoff_s=(0.01,))
+    assert backend.calls == 1
+    assert sample.error == "ServerError: http://x/v1/completions answered HTTP 500: boom"

@@ -8,14 +8,20 @@ and left out of the summaries.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lmgauge.backends.base import Backend, GenerateRequest, ServerTimings
+from lmgauge.errors import ServerError
 
+RETRY_STATUSES = frozenset({429, 503})
+"""A busy server: Ollama answers 503 past OLLAMA_MAX_QUEUE; others use 429 or 503."""
+RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
+"""Waits before each retry of a busy answer; after the last, the error is recorded."""
 COLD_LOAD_S = 0.1
 """A server-reported load time above this inside a request means the model was (re)loaded.
 
@@ -126,8 +132,38 @@ async def measure_one(
     *,
     expected_prompt_tokens: int | None = None,
     warmup: bool = False,
+    backoff_s: Sequence[float] = RETRY_BACKOFF_S,
 ) -> Sample:
-    """Run one streamed request and account for every token of it."""
+    """Run one streamed request and account for every token of it.
+
+    A server that answers "busy" (HTTP 503 or 429: a full queue) before the first token is
+    asked again after each wait in ``backoff_s``; after the last, the error is the sample's.
+    The timings are those of the attempt that ran; the retries are in ``metadata``.
+    """
+    retries: list[str] = []
+    for wait_s in (*backoff_s, None):
+        sample, status = await _attempt(backend, request, expected_prompt_tokens, warmup)
+        if status not in RETRY_STATUSES or wait_s is None:
+            break
+        retries.append(f"HTTP {status}, waited {wait_s:g} s")
+        await asyncio.sleep(wait_s)
+    if not retries:
+        return sample
+    metadata = {**sample.metadata, "retries": retries}
+    if sample.ok:
+        return replace(sample, metadata=metadata)
+    error = f"{sample.error} (gave up after {len(retries)} retries: {'; '.join(retries)})"
+    return replace(sample, error=error, invalid_reason=f"error: {error}", metadata=metadata)
+
+
+async def _attempt(
+    backend: Backend,
+    request: GenerateRequest,
+    expected_prompt_tokens: int | None,
+    warmup: bool,
+) -> tuple[Sample, int | None]:
+    """One request: its sample, and the HTTP status of a server error before any token."""
+    status: int | None = None
     started_unix = time.time()
     start = time.perf_counter()
     token_times: list[float] = []  # one entry per generated token
@@ -154,6 +190,8 @@ async def measure_one(
                 server = chunk.timings
     except Exception as exc:  # a failed request is data, never the end of the run
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ServerError) and not token_times:
+            status = exc.status_code
     end = time.perf_counter()
     prompt_tokens = server.prompt_tokens if server is not None else None
     ttft = token_times[0] - start if token_times else None
@@ -164,7 +202,7 @@ async def measure_one(
         invalid_reason = _invalid_reason(
             request.max_tokens, len(token_times), finish_reason, server, expected_prompt_tokens
         )
-    return Sample(
+    sample = Sample(
         requested_tokens=request.max_tokens,
         ok=error is None,
         output_tokens=len(token_times),
@@ -181,6 +219,7 @@ async def measure_one(
         started_unix_s=started_unix,
         warmup=warmup,
     )
+    return sample, status
 
 
 async def measure(
