@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -117,8 +117,12 @@ class Runner:
         base_url: str | None = None,
         progress: Callable[[str], None] = lambda _message: None,
         on_update: Callable[[CaseRun], None] = lambda _run: None,
+        load_settings: Callable[[Case], LoadSettings] | None = None,
+        request_options: Mapping[str, object] | None = None,
     ) -> None:
         self.workload = workload
+        self._load_settings = load_settings  # a server config under test, where one is given
+        self.request_options = dict(request_options or {})
         self.progress = progress
         self.on_update = on_update  # sees a run after every sample: persist it there
         self._loop = asyncio.Runner()
@@ -205,7 +209,7 @@ class Runner:
             tokens = min(tokens, case.context_tokens - ANSWER_TOKENS["rag"] - 64)
         counter = self._counter()
         prompts = [exact_prompt(tokens, counter, seed=5000 + i) for i in range(COUNT.get(name, 0))]
-        settings = LoadSettings(context_tokens=case.context_tokens, threads=self.workload.threads)
+        settings = self.load_settings(case)
         timeout_s = resolve_model(case.label).request_timeout_s
         self.progress(f"{case.id}: scenario {name}")
         run.scenarios[name] = self._loop.run(
@@ -259,8 +263,19 @@ class Runner:
                 )
         return self._models[case]
 
+    def load_settings(self, case: Case) -> LoadSettings:
+        """The config's settings for the case where a config is under test; the engine's
+        defaults otherwise. ``--lmgauge-threads`` wins over both."""
+        if self._load_settings is not None:
+            settings = self._load_settings(case)
+        else:
+            settings = LoadSettings(context_tokens=case.context_tokens)
+        if self.workload.threads is not None:
+            settings = replace(settings, threads=self.workload.threads)
+        return settings
+
     def _ensure_loaded(self, case: Case) -> LoadResult:
-        settings = LoadSettings(context_tokens=case.context_tokens, threads=self.workload.threads)
+        settings = self.load_settings(case)
         return self._loop.run(self.backend.load(self._model_name(case), settings))
 
     def _environment(self, case: Case) -> dict[str, Any]:
@@ -296,6 +311,7 @@ class Runner:
                 max_tokens=self.workload.max_tokens,
                 thinking=True if entry.thinking else None,
                 timeout_s=entry.request_timeout_s,
+                options=self.request_options,
             )
             for seed in seeds
         ]
