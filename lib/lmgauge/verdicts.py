@@ -401,7 +401,11 @@ class CheckSession:
                 outcome=result.verdict,
                 comparison=result,
             )
-        single = values[0] / stored.values[0] if stored.values[0] else float("nan")
+        if not stored.values[0]:  # e.g. an error rate of 0: no ratio, only equality
+            same = "the same as" if values[0] == stored.values[0] else "against"
+            verdict = f"{prefix}{format_value(metric, values[0])} {same} the baseline's"
+            return replace(base, verdict=verdict, outcome="reported")
+        single = values[0] / stored.values[0]
         if metric == "rss_bytes" and single > 1 + max(self.tolerance, MEMORY_TOLERANCE):
             failures.append(f"memory regression: {single:.2f}x the baseline")
             return replace(
