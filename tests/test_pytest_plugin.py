@@ -204,3 +204,48 @@ def test_scenario(case: Case, scenario: str, lmgauge: CheckSession) -> None:
             "*ollama-qwen3-7b-Q4_K_M-ctx4096 model_switch_s: *(measured)*",
         ]
     )
+
+
+def test_a_config_with_fictional_settings_stops_the_run(suite: pytest.Pytester) -> None:
+    config = Path(__file__).parents[1] / "configs" / "seeds" / "seed004-ollama.toml"
+    result = suite.runpytest_subprocess("--config", str(config))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*seed004-ollama.toml has 6 setting(s) its server does not have:*",
+            "*server.OLLAMA_NUM_THREADS: error: OLLAMA_NUM_THREADS is not an Ollama setting; "
+            "threads are the `num_thread` model option*",
+        ]
+    )
+
+
+def test_an_ollama_server_not_running_the_config_is_refused_by_name(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The protocol-faithful Ollama fake listens in this process, whose environment does
+    not have the config's OLLAMA_KV_CACHE_TYPE: the run must say so, not measure."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_ollama import FakeModel, FakeOllama
+
+    monkeypatch.delenv("OLLAMA_KV_CACHE_TYPE", raising=False)
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    config = pytester.path / "q8.toml"
+    config.write_text(
+        '[gate]\nbackend = "ollama"\nmodels = ["qwen3-7b"]\nquantizations = ["Q4_K_M"]\n'
+        'contexts = [4096]\n[server]\nOLLAMA_KV_CACHE_TYPE = "q8_0"\n[load]\nnum_batch = 256\n'
+    )
+    tag = "qwen2.5:7b-instruct-q4_K_M"
+    with FakeOllama({tag: FakeModel(size=4_680_000_000)}, ttft_s=0.01, itl_s=0.001) as fake:
+        result = pytester.runpytest_subprocess(
+            f"--config={config}", f"--lmgauge-url={fake.url}", "-p", "no:cacheprovider"
+        )
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*the running Ollama server (pid *) does not run *q8.toml: OLLAMA_KV_CACHE_TYPE: "
+            "the config says 'q8_0', the running server has unset (default 'f16')*"
+        ]
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmgauge.backends import BACKEND_NAMES
+from lmgauge.config import ServerConfig, lint_config, load_config
 from lmgauge.errors import ConfigError
 from lmgauge.report import check_writable
 from lmgauge.report_markdown import write_step_summary
@@ -74,6 +75,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "on a 2-core machine; they run by default elsewhere)",
     )
     group.addoption(
+        "--config",
+        "--lmgauge-config",
+        dest="lmgauge_config",
+        default=None,
+        help="a server config under test (configs/*.toml): linted, applied, and its [gate] "
+        "slice benchmarked against the baseline of the base config",
+    )
+    group.addoption(
         "--lmgauge-allow-unlike",
         action="store_true",
         help="compare with a baseline recorded in an unlike environment (another model "
@@ -94,8 +103,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.getoption("--help", default=False):
         return
+    server_config = _server_config(config)
+    backend = config.getoption("--lmgauge-backend")
+    if server_config is not None and backend == "auto":
+        backend = server_config.backend
     config.stash[SESSION] = CheckSession(
-        requested_backend=config.getoption("--lmgauge-backend"),
+        requested_backend=backend,
         base_url=config.getoption("--lmgauge-url"),
         workload=Workload(
             prompt_tokens=config.getoption("--lmgauge-prompt-tokens"),
@@ -113,17 +126,41 @@ def pytest_configure(config: pytest.Config) -> None:
         allow_unlike=config.getoption("--lmgauge-allow-unlike"),
         report_dir=Path(config.getoption("--lmgauge-report-dir")),
         run_settings={"pytest_args": list(config.invocation_params.args)},
+        server_config=server_config,
     )
 
 
+def _server_config(config: pytest.Config) -> ServerConfig | None:
+    """The --config file, linted: an error stops the run before anything is measured."""
+    path = config.getoption("lmgauge_config")
+    if path is None:
+        return None
+    try:
+        server_config = load_config(Path(path))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    problems = lint_config(server_config)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        lines = "\n".join(f"  {path}: {p}" for p in errors)
+        raise pytest.UsageError(
+            f"{path} has {len(errors)} setting(s) its server does not have:\n{lines}\n"
+            f"(lmgauge lint-config {path} lists them all)"
+        )
+    return server_config
+
+
 def _cases(config: pytest.Config) -> list[Case]:
+    """The matrix: the options where given, else the config's [gate] slice, else the
+    backend's default."""
     session = config.stash[SESSION]
+    gate = session.server_config
     contexts = _csv(config.getoption("--lmgauge-contexts"))
     return build_cases(
         session.backend_name,
-        _csv(config.getoption("--lmgauge-models")),
-        _csv(config.getoption("--lmgauge-quants")),
-        [int(c) for c in contexts] if contexts else None,
+        _csv(config.getoption("--lmgauge-models")) or (gate.models if gate else None),
+        _csv(config.getoption("--lmgauge-quants")) or (gate.quantizations if gate else None),
+        [int(c) for c in contexts] if contexts else (gate.contexts if gate else None),
     )
 
 
@@ -162,6 +199,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return -1 if case is None else order[case.id]
 
     items.sort(key=position)
+
+
+@pytest.fixture(scope="session")
+def server_config(request: pytest.FixtureRequest) -> ServerConfig:
+    """The config under test (--config); tests that need one are skipped without it."""
+    config = request.config.stash[SESSION].server_config
+    if config is None:
+        pytest.skip("no server config under test (--config configs/X.toml)")
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import pytest
 
 from lmgauge import __version__
+from lmgauge.backends import DEFAULT_URLS
 from lmgauge.baselines import (
     BaselineFile,
     CaseBaseline,
@@ -28,6 +29,7 @@ from lmgauge.baselines import (
     save_baseline,
 )
 from lmgauge.catalog import resolve_model
+from lmgauge.config import ServerConfig, load_settings, request_options
 from lmgauge.hardware import (
     REFERENCE_PROFILES,
     HostFingerprint,
@@ -46,6 +48,8 @@ from lmgauge.metrics import (
 )
 from lmgauge.report import ReportWriter, Row
 from lmgauge.runner import Case, CaseRun, Runner, Workload
+from lmgauge.server_env import environment_mismatches, find_server_process
+from lmgauge.settings_registry import REGISTRIES
 from lmgauge.stats import Comparison, compare
 from lmgauge.thresholds import Threshold, load_thresholds
 
@@ -89,6 +93,7 @@ class CheckSession:
     heavy_scenarios: bool = False
     allow_unlike: bool = False  # compare with a baseline from an unlike environment anyway
     report_dir: Path | None = None
+    server_config: ServerConfig | None = None
     run_settings: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
@@ -100,6 +105,7 @@ class CheckSession:
     _bandwidth: float | None = None
     _profile: str | None = None
     _host: HostFingerprint | None = None
+    _config_mismatch: str | None = None
 
     @property
     def profile(self) -> str:
@@ -116,16 +122,50 @@ class CheckSession:
 
     def runner(self) -> Runner:
         if self._runner is None:
+            config = self.server_config
             self._runner = self.runner_factory(
                 self.requested_backend,
                 self.workload,
                 base_url=self.base_url,
                 on_update=self._on_update,
+                load_settings=(
+                    None
+                    if config is None
+                    else lambda case: load_settings(config, case.context_tokens)
+                ),
+                request_options=None if config is None else request_options(config),
             )
             self.messages.append(
                 f"backend: {self._runner.backend_name} ({self._runner.detection_reason})"
             )
+            if config is not None:
+                self.messages.append(
+                    f"config under test: {config.path} (sha256 {config.digest[:12]})"
+                )
+                self._config_mismatch = self._check_server_environment(config)
         return self._runner
+
+    def _check_server_environment(self, config: ServerConfig) -> str | None:
+        """Settings a server takes only at start-up ([server]) cannot be applied from here:
+        check that the running server has them, and say so when it does not."""
+        if not config.server or self.backend_name != "ollama":
+            return None
+        url = self.base_url or DEFAULT_URLS["ollama"]
+        try:
+            process = find_server_process(url)
+        except (LookupError, PermissionError) as exc:
+            return f"cannot check the [server] settings of {config.path}: {exc}"
+        real, _ = REGISTRIES["ollama"]
+        wanted = {k: str(v) for k, v in config.server.items()}
+        defaults = {k: s.default for k, s in real.items()}
+        mismatches = environment_mismatches(wanted, process.environment, defaults)
+        if not mismatches:
+            return None
+        return (
+            f"the running Ollama server (pid {process.pid}) does not run {config.path}: "
+            + "; ".join(mismatches)
+            + ". Restart it with that environment (e.g. `OLLAMA_FLASH_ATTENTION=1 ollama serve`)"
+        )
 
     @property
     def backend_name(self) -> str:
@@ -162,6 +202,15 @@ class CheckSession:
                     "baselines": str(self.baselines),
                     "update_baselines": self.update_baselines,
                     "allow_unlike": self.allow_unlike,
+                    "config": None
+                    if self.server_config is None
+                    else {
+                        "path": str(self.server_config.path),
+                        "sha256": self.server_config.digest,
+                        "server": dict(self.server_config.server),
+                        "load": dict(self.server_config.load),
+                        "options": dict(self.server_config.options),
+                    },
                     **self.run_settings,
                 },
             )
@@ -198,6 +247,7 @@ class CheckSession:
     def check(self, case: Case, metric: str) -> None:
         """Measure ``case`` (once per session), judge ``metric``, fail on a regression or
         a hard threshold breach."""
+        self._refuse_a_mismatched_server(case)
         run = self._measured(case, self.runner().run(case))
         if metric in SAMPLE_METRICS:
             self._sample_more_if_inconclusive(case, metric)
@@ -220,6 +270,7 @@ class CheckSession:
 
     def check_throughput(self, case: Case, concurrency: int) -> None:
         """Aggregate tokens/s at ``concurrency`` requests in flight, through the batcher."""
+        self._refuse_a_mismatched_server(case)
         run = self._measured(case, self.runner().throughput(case, concurrency))
         tokens_per_s, samples = run.throughput[concurrency]
         metric = throughput_metric(concurrency)
@@ -238,6 +289,7 @@ class CheckSession:
                 "scenario workloads on a multi-billion-parameter embedded model take minutes "
                 "on a small machine; add --lmgauge-scenarios to run them"
             )
+        self._refuse_a_mismatched_server(case)
         run = self._measured(case, self.runner().scenario(case, scenario))
         result = run.scenarios[scenario]
         if result.skipped:
@@ -251,6 +303,11 @@ class CheckSession:
         measured = f"{format_value(metric, result.value)} (measured)"
         judgement = self._single_value(case, metric, result.value)
         self._conclude(case, metric, result.value, measured, judgement, failures)
+
+    def _refuse_a_mismatched_server(self, case: Case) -> None:
+        self.runner()
+        if self._config_mismatch:
+            self._fail(Row(case.id, "-", "-", "-", self._config_mismatch, True, outcome="error"))
 
     def _measured(self, case: Case, run: CaseRun) -> CaseRun:
         if run.skipped:
