@@ -242,7 +242,10 @@ class Runner:
             self.on_update(run)
             self.progress(f"{case.id}: measuring {self.workload.samples} samples")
             self._sample_into(run, self.workload.samples, self.workload.warmups, 0)
-            run.memory = self._loop.run(self.backend.memory())
+            try:  # the samples stand even when the memory reading fails
+                run.memory = self._loop.run(self.backend.memory())
+            except LmgaugeError as exc:
+                run.memory = MemoryReport(source=f"not read: {type(exc).__name__}: {exc}")
         except InsufficientResourcesError as exc:
             run.skipped = str(exc)
         except LmgaugeError as exc:
