@@ -31,7 +31,9 @@ from lmgauge.backends.base import (
     ModelInfo,
     ServerTimings,
 )
+from lmgauge.backends.lean_http import stream_post
 from lmgauge.backends.openai import OpenAIBackend, parse_sse_data
+from lmgauge.backends.streams import LineSplitter
 from lmgauge.errors import (
     BackendError,
     BackendUnavailableError,
@@ -137,6 +139,7 @@ class LMStudioBackend(OpenAIBackend):
             self._client = httpx.AsyncClient(
                 base_url=old.base_url, headers=old.headers, timeout=old.timeout, transport=transport
             )
+            self._lean = None  # every call goes through the injected transport
         self._native_chat = True  # until /api/v1/chat turns out to be missing
 
     def __repr__(self) -> str:
@@ -334,33 +337,36 @@ class LMStudioBackend(OpenAIBackend):
         if request.thinking is not None:
             body["reasoning"] = "on" if request.thinking else "off"
         body.update(request.options)
-        timeout = httpx.Timeout(
-            self._client.timeout.connect, read=request.timeout_s, write=30.0, pool=30.0
-        )
         load_s: float | None = None
         try:
-            async with self._client.stream("POST", path, json=body, timeout=timeout) as response:
+            async with stream_post(
+                self._client, self._lean, path, body, timeout_s=request.timeout_s
+            ) as response:
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    await self._check(response, path, model)
-                    raise ProtocolError(f"{self.base_url}{path} did not stream: {response.text!r}")
-                async for line in response.aiter_lines():
-                    try:
-                        event = parse_sse_data(line)
-                    except ServerError:  # an "error" event
-                        raise self._stream_error(line, path, model) from None
-                    if event is None:
-                        continue
-                    kind, at_s = event.get("type"), time.perf_counter()
-                    if kind in ("message.delta", "reasoning.delta"):
-                        text = str(event.get("content") or "")
-                        yield Chunk(text, 1, at_s, reasoning=kind == "reasoning.delta")
-                    elif kind == "model_load.end":
-                        load_s = _num(event.get("load_time_seconds"))
-                    elif kind == "chat.end":
-                        result = event.get("result") or {}
-                        timings = timings_from_stats(result.get("stats") or {}, load_s)
-                        full = (timings.output_tokens or 0) >= request.max_tokens
-                        yield Chunk("", 0, at_s, "length" if full else "stop", timings)
+                    answer = await response.as_httpx()
+                    await self._check(answer, path, model)
+                    raise ProtocolError(f"{self.base_url}{path} did not stream: {answer.text!r}")
+                splitter = LineSplitter()  # not aiter_lines: it also cuts at U+0085
+                async for data, at_s in response.pieces():  # stamped as they were read
+                    for raw in splitter.feed(data):
+                        line = raw.decode("utf-8", "replace")
+                        try:
+                            event = parse_sse_data(line)
+                        except ServerError:  # an "error" event
+                            raise self._stream_error(line, path, model) from None
+                        if event is None:
+                            continue
+                        kind = event.get("type")
+                        if kind in ("message.delta", "reasoning.delta"):
+                            text = str(event.get("content") or "")
+                            yield Chunk(text, 1, at_s, reasoning=kind == "reasoning.delta")
+                        elif kind == "model_load.end":
+                            load_s = _num(event.get("load_time_seconds"))
+                        elif kind == "chat.end":
+                            result = event.get("result") or {}
+                            timings = timings_from_stats(result.get("stats") or {}, load_s)
+                            full = (timings.output_tokens or 0) >= request.max_tokens
+                            yield Chunk("", 0, at_s, "length" if full else "stop", timings)
         except httpx.HTTPError as exc:
             raise self._translate(exc, path) from exc
 

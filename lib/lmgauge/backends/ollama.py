@@ -29,6 +29,7 @@ from lmgauge.backends.base import (
     MemoryReport,
     ModelInfo,
 )
+from lmgauge.backends.lean_http import LeanClient, stream_post
 from lmgauge.backends.ollama_stream import (
     ChunkAssembler,
     NDJSONSplitter,
@@ -72,9 +73,15 @@ class OllamaBackend:
             transport=transport,
             timeout=httpx.Timeout(connect=connect_timeout_s, read=600.0, write=30.0, pool=30.0),
         )
+        # Streamed answers go through the lean client unless a transport is injected.
+        self._lean: LeanClient | None = None
+        if transport is None and LeanClient.serves(self.base_url):
+            self._lean = LeanClient(self.base_url, connect_timeout_s=connect_timeout_s)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._lean is not None:
+            await self._lean.aclose()
 
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, model: str | None = None
@@ -214,18 +221,16 @@ class OllamaBackend:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         path = "/api/chat" if request.chat else "/api/generate"
-        timeout = httpx.Timeout(
-            self._connect_timeout_s, read=request.timeout_s, write=30.0, pool=30.0
-        )
         assembler = ChunkAssembler(chat=request.chat, max_tokens=request.max_tokens)
         splitter = NDJSONSplitter()
+        body, timeout_s = self._body(request), request.timeout_s
         try:
-            async with self._client.stream(
-                "POST", path, json=self._body(request), timeout=timeout
+            async with stream_post(
+                self._client, self._lean, path, body, timeout_s=timeout_s
             ) as response:
-                await self._raise_for_status(response, path, request.model)
-                async for data in response.aiter_bytes():  # to its end: keeps the connection
-                    at_s = time.perf_counter()
+                if response.status_code >= 400:
+                    await self._raise_for_status(await response.as_httpx(), path, request.model)
+                async for data, at_s in response.pieces():  # stamped as they were read
                     for obj in splitter.objects(data):
                         for chunk in assembler.add(obj, at_s):
                             yield chunk

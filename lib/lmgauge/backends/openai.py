@@ -27,6 +27,7 @@ from lmgauge.backends.base import (
     ModelInfo,
     ServerTimings,
 )
+from lmgauge.backends.lean_http import LeanClient, stream_post
 from lmgauge.backends.streams import LineSplitter
 from lmgauge.errors import (
     BackendError,
@@ -86,36 +87,41 @@ def timings_from_event(event: dict[str, Any]) -> ServerTimings | None:
     )
 
 
+def chunk_from_event(event: dict[str, Any], at_s: float, *, chat: bool) -> Chunk | None:
+    """The Chunk of one parsed SSE event (one event = one token); None for an empty one."""
+    choices = event.get("choices")
+    timings = timings_from_event(event) if "usage" in event or "timings" in event else None
+    if not choices:
+        return Chunk("", 0, at_s, timings=timings) if timings is not None else None
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise ProtocolError(f"a choice is not an object: {str(choice)[:120]!r}")
+    reasoning = False
+    if chat:
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        # Thinking arrives as reasoning_content (llama-server, vLLM) or reasoning (LM Studio).
+        thought = next((k for k in ("reasoning_content", "reasoning") if k in delta), None)
+        reasoning = thought is not None and not content
+        text = content or (delta.get(thought) if thought else None) or ""
+        has_token = "content" in delta or thought is not None
+    else:
+        text = choice.get("text") or ""
+        has_token = "text" in choice
+    finish = choice.get("finish_reason")
+    # A token may decode to no text (half a UTF-8 character); it is still a token.
+    tokens = 1 if has_token and (text or finish is None) else 0
+    return Chunk(text, tokens, at_s, finish_reason=finish, timings=timings, reasoning=reasoning)
+
+
 def chunks_from_events(
     events: Iterable[tuple[dict[str, Any], float]], *, chat: bool
 ) -> Iterable[Chunk]:
     """Turn parsed SSE events (with their arrival times) into Chunks; one event = one token."""
     for event, at_s in events:
-        choices = event.get("choices") or []
-        timings = timings_from_event(event)
-        if not choices:
-            if timings is not None:
-                yield Chunk("", 0, at_s, timings=timings)
-            continue
-        choice = choices[0]
-        if not isinstance(choice, dict):
-            raise ProtocolError(f"a choice is not an object: {str(choice)[:120]!r}")
-        reasoning = False
-        if chat:
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            # Thinking arrives as reasoning_content (llama-server, vLLM) or reasoning (LM Studio).
-            thought = next((k for k in ("reasoning_content", "reasoning") if k in delta), None)
-            reasoning = thought is not None and not content
-            text = content or (delta.get(thought) if thought else None) or ""
-            has_token = "content" in delta or thought is not None
-        else:
-            text = choice.get("text") or ""
-            has_token = "text" in choice
-        finish = choice.get("finish_reason")
-        # A token may decode to no text (half a UTF-8 character); it is still a token.
-        tokens = 1 if has_token and (text or finish is None) else 0
-        yield Chunk(text, tokens, at_s, finish_reason=finish, timings=timings, reasoning=reasoning)
+        chunk = chunk_from_event(event, at_s, chat=chat)
+        if chunk is not None:
+            yield chunk
 
 
 class OpenAIBackend:
@@ -146,9 +152,17 @@ class OpenAIBackend:
             timeout=httpx.Timeout(connect=connect_timeout_s, read=600.0, write=30.0, pool=30.0),
             transport=transport,
         )
+        # Streamed answers go through the lean client unless a transport is injected.
+        self._lean: LeanClient | None = None
+        if transport is None and LeanClient.serves(self.base_url):
+            self._lean = LeanClient(
+                self.base_url, headers=headers, connect_timeout_s=connect_timeout_s
+            )
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._lean is not None:
+            await self._lean.aclose()
 
     async def _get_json(self, path: str) -> Any:
         try:
@@ -228,26 +242,27 @@ class OpenAIBackend:
         return body
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        path = "/v1/chat/completions" if request.chat else "/v1/completions"
-        timeout = httpx.Timeout(
-            self._client.timeout.connect, read=request.timeout_s, write=30.0, pool=30.0
-        )
+        path, chat = ("/v1/chat/completions" if request.chat else "/v1/completions"), request.chat
+        body, timeout_s = self._body(request), request.timeout_s
         try:
-            async with self._client.stream(
-                "POST", path, json=self._body(request), timeout=timeout
+            async with stream_post(
+                self._client, self._lean, path, body, timeout_s=timeout_s
             ) as response:
-                await self._raise_for_status(response, path, request.model)
+                if response.status_code >= 400:
+                    await self._raise_for_status(await response.as_httpx(), path, request.model)
                 splitter = LineSplitter()  # not aiter_lines: it also cuts at U+0085
-                async for data in response.aiter_bytes():  # read to the end: keeps the socket
-                    at_s = time.perf_counter()
+                async for data, at_s in response.pieces():  # stamped as they were read
                     for raw in splitter.feed(data):
+                        if not raw:  # the blank line after each event
+                            continue
                         try:
                             line = raw.decode("utf-8")
                         except UnicodeDecodeError as exc:
                             raise ProtocolError(f"SSE line is not UTF-8: {raw[:80]!r}") from exc
                         event = parse_sse_data(line)
                         if event is not None:
-                            for chunk in chunks_from_events([(event, at_s)], chat=request.chat):
+                            chunk = chunk_from_event(event, at_s, chat=chat)
+                            if chunk is not None:
                                 yield chunk
         except httpx.HTTPError as exc:
             raise self._translate(exc, path) from exc

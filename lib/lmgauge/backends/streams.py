@@ -22,12 +22,21 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The lines ``data`` completes; a line longer than the limit is a ProtocolError."""
-        self._buffer += data
-        lines: list[bytes] = []
-        if b"\n" in data:
-            *lines, rest = bytes(self._buffer).split(b"\n")
-            self._buffer = bytearray(rest)
-        for piece in (*lines, self._buffer):
-            if len(piece) > self._max:
-                raise ProtocolError(f"a streamed line is over {self._max} bytes: {piece[:80]!r}")
+        if b"\n" not in data:
+            self._buffer += data
+            if len(self._buffer) > self._max:
+                self._too_long(self._buffer)
+            return []
+        if self._buffer:
+            data = bytes(self._buffer + data)
+            self._buffer = bytearray()
+        lines = data.split(b"\n")
+        self._buffer += lines.pop()
+        if len(data) > self._max:  # else no line can be over the limit
+            for piece in [*lines, bytes(self._buffer)]:
+                if len(piece) > self._max:
+                    self._too_long(piece)
         return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+    def _too_long(self, piece: bytes | bytearray) -> None:
+        raise ProtocolError(f"a streamed line is over {self._max} bytes: {bytes(piece[:80])!r}")
