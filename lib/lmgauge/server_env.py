@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from lmgauge.config import ServerConfig
+from lmgauge.settings_registry import REGISTRIES
+
 
 @dataclass(frozen=True)
 class ServerProcess:
@@ -86,3 +89,25 @@ def _normal(value: str | None) -> str | None:
         return None
     lowered = value.strip().lower()
     return {"true": "1", "false": "0", "yes": "1", "no": "0"}.get(lowered, lowered)
+
+
+def check_ollama_environment(config: ServerConfig, base_url: str) -> str | None:
+    """Settings Ollama takes only at start-up ([server]) cannot be applied by lmgauge:
+    the running server must have them. None when it does, else why not."""
+    if not config.server:
+        return None
+    try:
+        process = find_server_process(base_url)
+    except (LookupError, PermissionError) as exc:
+        return f"cannot check the [server] settings of {config.path}: {exc}"
+    real, _ = REGISTRIES["ollama"]
+    wanted = {k: str(v) for k, v in config.server.items()}
+    defaults = {k: s.default for k, s in real.items()}
+    mismatches = environment_mismatches(wanted, process.environment, defaults)
+    if not mismatches:
+        return None
+    return (
+        f"the running Ollama server (pid {process.pid}) does not run {config.path}: "
+        + "; ".join(mismatches)
+        + ". Restart it with that environment (e.g. `OLLAMA_FLASH_ATTENTION=1 ollama serve`)"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,18 +28,22 @@ from lmgauge.baselines import (
     load_baseline,
     save_baseline,
 )
-from lmgauge.catalog import resolve_model
 from lmgauge.config import ServerConfig, load_settings, request_options
 from lmgauge.hardware import (
-    REFERENCE_PROFILES,
     HostFingerprint,
-    decode_roofline_tokens_per_s,
     fingerprint,
     probe_bandwidth,
 )
+from lmgauge.judge import (
+    Judgement,
+    against_baseline,
+    case_roofline,
+    single_value,
+    threshold_notes,
+    tolerance_for,
+)
 from lmgauge.metrics import (
     SAMPLE_METRICS,
-    SCENARIO_METRICS,
     format_value,
     metric_values,
     run_value,
@@ -48,36 +52,11 @@ from lmgauge.metrics import (
 )
 from lmgauge.report import ReportWriter, Row
 from lmgauge.runner import Case, CaseRun, Runner, Workload
-from lmgauge.server_env import environment_mismatches, find_server_process
-from lmgauge.settings_registry import REGISTRIES
-from lmgauge.stats import Comparison, compare
+from lmgauge.server_env import check_ollama_environment
+from lmgauge.stats import compare
 from lmgauge.thresholds import Threshold, load_thresholds
 
 REFERENCE_PROFILE = "apple-m3-max-128gb"
-THRESHOLD_METRIC = {
-    **{metric: metric for metric in SCENARIO_METRICS},
-    "decode_tokens_per_s": "decode_tokens_per_s",
-    "ttft_s": "ttft_s",
-    "e2e_s": "e2e_s",
-    "rss_bytes": "peak_memory_bytes",
-    "error_rate_ratio": "error_rate_ratio",
-}
-MEMORY_TOLERANCE = 0.10
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """What the baseline says about one metric: the baseline fields of a verdict row."""
-
-    baseline: str = "none"
-    verdict: str = "no baseline for this profile (record one with --update-baselines)"
-    outcome: str = "no baseline"
-    baseline_value: float | None = None
-    baseline_provenance: str | None = None
-    baseline_source: str = ""
-    baseline_values: tuple[float, ...] = ()
-    comparison: Comparison | None = None
-    ratio: float | None = None
 
 
 @dataclass
@@ -142,30 +121,10 @@ class CheckSession:
                 self.messages.append(
                     f"config under test: {config.path} (sha256 {config.digest[:12]})"
                 )
-                self._config_mismatch = self._check_server_environment(config)
+                if self.backend_name == "ollama":
+                    url = self.base_url or DEFAULT_URLS["ollama"]
+                    self._config_mismatch = check_ollama_environment(config, url)
         return self._runner
-
-    def _check_server_environment(self, config: ServerConfig) -> str | None:
-        """Settings a server takes only at start-up ([server]) cannot be applied from here:
-        check that the running server has them, and say so when it does not."""
-        if not config.server or self.backend_name != "ollama":
-            return None
-        url = self.base_url or DEFAULT_URLS["ollama"]
-        try:
-            process = find_server_process(url)
-        except (LookupError, PermissionError) as exc:
-            return f"cannot check the [server] settings of {config.path}: {exc}"
-        real, _ = REGISTRIES["ollama"]
-        wanted = {k: str(v) for k, v in config.server.items()}
-        defaults = {k: s.default for k, s in real.items()}
-        mismatches = environment_mismatches(wanted, process.environment, defaults)
-        if not mismatches:
-            return None
-        return (
-            f"the running Ollama server (pid {process.pid}) does not run {config.path}: "
-            + "; ".join(mismatches)
-            + ". Restart it with that environment (e.g. `OLLAMA_FLASH_ATTENTION=1 ollama serve`)"
-        )
 
     @property
     def backend_name(self) -> str:
@@ -214,33 +173,8 @@ class CheckSession:
                     **self.run_settings,
                 },
             )
-        self.report.record_case(run, derived={"decode_roofline": self._roofline(run.case)})
-
-    def _roofline(self, case: Case) -> dict[str, Any]:
-        """The most decode tokens/s this host's memory bandwidth allows for the case: a
-        derived figure, from the public bandwidth of a reference machine or the one
-        measured here."""
-        if self.profile in REFERENCE_PROFILES:
-            reference = REFERENCE_PROFILES[self.profile]
-            bandwidth, bandwidth_source = reference.bandwidth_bytes_per_s, reference.source
-        else:
-            bandwidth = self.bandwidth()
-            bandwidth_source = "measured here (numpy read probe, hardware.probe_bandwidth)"
-        entry = resolve_model(case.label)
-        weights = entry.active_weight_bytes(case.quantization)
-        kv_per_token = entry.architecture.kv_bytes_per_token("f16")
-        mean_context = self.workload.prompt_tokens + self.workload.max_tokens / 2
-        return {
-            "tokens_per_s": decode_roofline_tokens_per_s(
-                bandwidth, weights, kv_per_token, round(mean_context)
-            ),
-            "provenance": "derived",
-            "source": (
-                f"bandwidth {bandwidth / 1e9:.1f} GB/s ({bandwidth_source}) / "
-                f"({weights / 1e9:.2f} GB active weights + f16 KV cache at "
-                f"{mean_context:.0f} tokens)"
-            ),
-        }
+        roofline = case_roofline(run.case, self.workload, self.profile, self.bandwidth)
+        self.report.record_case(run, derived={"decode_roofline": roofline})
 
     # --- the check ------------------------------------------------------------------------
 
@@ -265,7 +199,7 @@ class CheckSession:
             value, values = single, [single]
             measured = f"{format_value(metric, value)} (measured)"
         failures: list[str] = []
-        judgement = self._against_baseline(case, run, metric, values, failures)
+        judgement = self._stored_judgement(case, run, metric, values, failures)
         self._conclude(case, metric, value, measured, judgement, failures)
 
     def check_throughput(self, case: Case, concurrency: int) -> None:
@@ -279,7 +213,7 @@ class CheckSession:
         failures = []
         if failed:
             failures.append(f"{len(failed)} of {len(samples)} requests failed: {failed[0].error}")
-        judgement = self._single_value(case, metric, tokens_per_s)
+        judgement = single_value(metric, tokens_per_s, self._stored_metric(case, metric))
         self._conclude(case, metric, tokens_per_s, measured, judgement, failures)
 
     def check_scenario(self, case: Case, scenario: str) -> None:
@@ -301,7 +235,7 @@ class CheckSession:
         if result.value is None:
             self._fail(Row(case.id, metric, "-", "-", "; ".join(failures), True, outcome="error"))
         measured = f"{format_value(metric, result.value)} (measured)"
-        judgement = self._single_value(case, metric, result.value)
+        judgement = single_value(metric, result.value, self._stored_metric(case, metric))
         self._conclude(case, metric, result.value, measured, judgement, failures)
 
     def _refuse_a_mismatched_server(self, case: Case) -> None:
@@ -372,7 +306,7 @@ class CheckSession:
                 stored.values,
                 sample_values(run.samples, metric),
                 higher_is_better=SAMPLE_METRICS[metric][1],
-                tolerance=self._tolerance(stored)[0],
+                tolerance=tolerance_for(stored, self.tolerance)[0],
             )
             if result.verdict != "inconclusive":
                 return
@@ -386,157 +320,31 @@ class CheckSession:
         stored = self._stored_case(case)
         return None if stored is None else stored.metrics.get(metric)
 
-    def _single_value(self, case: Case, metric: str, value: float) -> Judgement:
-        """A metric measured once per run: its ratio to the baseline is reported."""
-        stored = self._stored_metric(case, metric)
-        if stored is None:
-            return Judgement(verdict="no baseline for this profile")
-        ratio = value / stored.values[0]
-        return Judgement(
-            f"{format_value(metric, stored.values[0])} ({stored.provenance})",
-            f"{ratio:.2f}x the baseline (single value: reported)",
-            "reported",
-            stored.values[0],
-            stored.provenance,
-            stored.source,
-            stored.values,
-            ratio=ratio,
-        )
-
-    def _against_baseline(
+    def _stored_judgement(
         self, case: Case, run: CaseRun, metric: str, values: list[float], failures: list[str]
     ) -> Judgement:
         stored_case = self._stored_case(case)
-        stored = self._stored_metric(case, metric)
+        stored = None if stored_case is None else stored_case.metrics.get(metric)
         if stored_case is None or stored is None:
             return Judgement()
-        median = statistics.median(stored.values)
-        base = Judgement(
-            baseline=f"{format_value(metric, median)} ({stored.provenance})",
-            baseline_value=median,
-            baseline_provenance=stored.provenance,
-            baseline_source=stored.source,
-            baseline_values=stored.values,
+        return against_baseline(
+            metric,
+            values,
+            stored,
+            environment_differences(stored_case.environment, run.environment),
+            tolerance=self.tolerance,
+            allow_unlike=self.allow_unlike,
+            failures=failures,
         )
-        ratio = statistics.median(values) / median if median else None
-        if stored.provenance != "measured":  # nothing to match: reported, never judged
-            return replace(
-                base,
-                verdict=f"{ratio or float('nan'):.2f}x the {stored.provenance} baseline "
-                f"({stored.source}); reported, not judged",
-                outcome="reported",
-                ratio=ratio,
-            )
-        differences = environment_differences(stored_case.environment, run.environment)
-        unlike = [d for d in differences if not d.startswith("backend_version")]
-        if unlike and not self.allow_unlike:
-            failures.append(
-                "refusing to compare with a baseline from an unlike environment: "
-                f"{'; '.join(unlike)}. Re-record it with --update-baselines, or compare "
-                "anyway with --lmgauge-allow-unlike"
-            )
-            return replace(base, verdict="refused: unlike environment", outcome="refused")
-        release = [d for d in differences if d.startswith("backend_version")]
-        prefix = f"across releases ({release[0]}): " if release else ""
-        if unlike:
-            prefix = (
-                f"UNLIKE environment, allowed by --lmgauge-allow-unlike ({'; '.join(unlike)}): "
-            )
-        if metric in SAMPLE_METRICS:
-            tolerance, why = self._tolerance(stored)
-            result = compare(
-                stored.values,
-                values,
-                higher_is_better=SAMPLE_METRICS[metric][1],
-                tolerance=tolerance,
-            )
-            if result.verdict == "regression":
-                failures.append(f"regression against the baseline: {result.describe()}{why}")
-            return replace(
-                base,
-                verdict=prefix + result.describe() + why,
-                outcome=result.verdict,
-                comparison=result,
-            )
-        if not stored.values[0]:  # e.g. an error rate of 0: no ratio, only equality
-            same = "the same as" if values[0] == stored.values[0] else "against"
-            verdict = f"{prefix}{format_value(metric, values[0])} {same} the baseline's"
-            return replace(base, verdict=verdict, outcome="reported")
-        single = values[0] / stored.values[0]
-        if metric == "rss_bytes" and single > 1 + max(self.tolerance, MEMORY_TOLERANCE):
-            failures.append(f"memory regression: {single:.2f}x the baseline")
-            return replace(
-                base,
-                verdict=f"{prefix}{single:.2f}x higher (beyond {MEMORY_TOLERANCE:.0%})",
-                outcome="regression",
-                ratio=single,
-            )
-        return replace(
-            base,
-            verdict=f"{prefix}{single:.2f}x the baseline (single value: reported)",
-            outcome="reported",
-            ratio=single,
-        )
-
-    def _tolerance(self, stored: MetricBaseline) -> tuple[float, str]:
-        """The smallest change that counts: the configured tolerance, or the spread between
-        the baseline's recorded runs where that is larger (run-to-run noise is no change)."""
-        runs = len(stored.run_medians)
-        if stored.run_noise > self.tolerance:
-            how = "95% prediction bound of" if runs >= 3 else "the spread between"
-            return stored.run_noise, (
-                f" [tolerance {stored.run_noise:.0%}: {how} the {runs} baseline runs]"
-            )
-        if runs < 2:
-            return self.tolerance, (
-                " [1 baseline run: run-to-run noise unknown; record more runs with "
-                "--update-baselines]"
-            )
-        return self.tolerance, ""
 
     def _thresholds_for(
         self, case: Case, metric: str, value: float, failures: list[str]
     ) -> list[str]:
-        target = THRESHOLD_METRIC.get(metric)
-        if target is None:
-            return []
         if self._thresholds is None:
             self._thresholds = load_thresholds()
-        notes = []
-        for threshold in self._thresholds:
-            applies = (
-                threshold.metric == target
-                and (threshold.model in (None, case.label))
-                and case.label not in threshold.except_models
-            )
-            if not applies:
-                continue
-            limit, how = threshold.value, ""
-            if threshold.profile != self.profile:
-                if target == "error_rate_ratio":
-                    how = " (applies on every profile)"
-                elif target == "decode_tokens_per_s" and threshold.profile in REFERENCE_PROFILES:
-                    reference = REFERENCE_PROFILES[threshold.profile].bandwidth_bytes_per_s
-                    limit = threshold.value * self.bandwidth() / reference
-                    how = (
-                        f" (scaled from {threshold.value:g} on {threshold.profile} by this "
-                        f"host's measured bandwidth {self.bandwidth() / 1e9:.0f} GB/s / "
-                        f"{reference / 1e9:.0f} GB/s public)"
-                    )
-                else:
-                    continue  # written for another machine and not scalable
-            met = value >= limit if threshold.direction == "min" else value <= limit
-            if met:
-                continue
-            text = (
-                f"{threshold.severity} {threshold.id}: {format_value(metric, value)} "
-                f"{'<' if threshold.direction == 'min' else '>'} {format_value(metric, limit)}"
-                f"{how} [{threshold.source}: {threshold.source_key}]"
-            )
-            if threshold.fails_test:
-                failures.append("threshold breach: " + text)
-            notes.append(text)
-        return notes
+        return threshold_notes(
+            self._thresholds, case.label, metric, value, self.profile, self.bandwidth, failures
+        )
 
     def bandwidth(self) -> float:
         if self._bandwidth is None:

@@ -1,0 +1,234 @@
+"""How one measured metric is judged: against its baseline (a significance test and a
+minimum effect), against the planning documents' thresholds (scaled to this host where
+they were written for another), and beside the bandwidth roofline (a derived figure)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from lmgauge.baselines import MetricBaseline
+from lmgauge.catalog import resolve_model
+from lmgauge.hardware import REFERENCE_PROFILES, decode_roofline_tokens_per_s
+from lmgauge.metrics import SAMPLE_METRICS, SCENARIO_METRICS, format_value
+from lmgauge.runner import Case, Workload
+from lmgauge.stats import Comparison, compare
+from lmgauge.thresholds import Threshold
+
+THRESHOLD_METRIC = {
+    **{metric: metric for metric in SCENARIO_METRICS},
+    "decode_tokens_per_s": "decode_tokens_per_s",
+    "ttft_s": "ttft_s",
+    "e2e_s": "e2e_s",
+    "rss_bytes": "peak_memory_bytes",
+    "error_rate_ratio": "error_rate_ratio",
+}
+"""Which threshold metric of thresholds.toml a measured metric is checked against."""
+MEMORY_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the baseline says about one metric: the baseline fields of a verdict row."""
+
+    baseline: str = "none"
+    verdict: str = "no baseline for this profile (record one with --update-baselines)"
+    outcome: str = "no baseline"
+    baseline_value: float | None = None
+    baseline_provenance: str | None = None
+    baseline_source: str = ""
+    baseline_values: tuple[float, ...] = ()
+    comparison: Comparison | None = None
+    ratio: float | None = None
+
+
+def tolerance_for(stored: MetricBaseline, configured: float) -> tuple[float, str]:
+    """The smallest change that counts: the configured tolerance, or the spread between
+    the baseline's recorded runs where that is larger (run-to-run noise is no change)."""
+    runs = len(stored.run_medians)
+    if stored.run_noise > configured:
+        how = "95% prediction bound of" if runs >= 3 else "the spread between"
+        return stored.run_noise, (
+            f" [tolerance {stored.run_noise:.0%}: {how} the {runs} baseline runs]"
+        )
+    if runs < 2:
+        return configured, (
+            " [1 baseline run: run-to-run noise unknown; record more runs with --update-baselines]"
+        )
+    return configured, ""
+
+
+def single_value(metric: str, value: float, stored: MetricBaseline | None) -> Judgement:
+    """A metric measured once per run: its ratio to the baseline is reported."""
+    if stored is None:
+        return Judgement(verdict="no baseline for this profile")
+    ratio = value / stored.values[0] if stored.values[0] else None
+    return Judgement(
+        f"{format_value(metric, stored.values[0])} ({stored.provenance})",
+        f"{ratio:.2f}x the baseline (single value: reported)"
+        if ratio is not None
+        else "the baseline is 0: no ratio (single value: reported)",
+        "reported",
+        stored.values[0],
+        stored.provenance,
+        stored.source,
+        stored.values,
+        ratio=ratio,
+    )
+
+
+def against_baseline(
+    metric: str,
+    values: Sequence[float],
+    stored: MetricBaseline,
+    differences: Sequence[str],
+    *,
+    tolerance: float,
+    allow_unlike: bool,
+    failures: list[str],
+) -> Judgement:
+    """``values`` of this run against ``stored``; ``differences`` lists how the two
+    environments differ. Reasons to fail the test go to ``failures``."""
+    median = statistics.median(stored.values)
+    base = Judgement(
+        baseline=f"{format_value(metric, median)} ({stored.provenance})",
+        baseline_value=median,
+        baseline_provenance=stored.provenance,
+        baseline_source=stored.source,
+        baseline_values=stored.values,
+    )
+    ratio = statistics.median(values) / median if median else None
+    if stored.provenance != "measured":  # nothing to match: reported, never judged
+        return replace(
+            base,
+            verdict=f"{ratio or float('nan'):.2f}x the {stored.provenance} baseline "
+            f"({stored.source}); reported, not judged",
+            outcome="reported",
+            ratio=ratio,
+        )
+    unlike = [d for d in differences if not d.startswith("backend_version")]
+    if unlike and not allow_unlike:
+        failures.append(
+            "refusing to compare with a baseline from an unlike environment: "
+            f"{'; '.join(unlike)}. Re-record it with --update-baselines, or compare "
+            "anyway with --lmgauge-allow-unlike"
+        )
+        return replace(base, verdict="refused: unlike environment", outcome="refused")
+    release = [d for d in differences if d.startswith("backend_version")]
+    prefix = f"across releases ({release[0]}): " if release else ""
+    if unlike:
+        prefix = f"UNLIKE environment, allowed by --lmgauge-allow-unlike ({'; '.join(unlike)}): "
+    if metric in SAMPLE_METRICS:
+        bound, why = tolerance_for(stored, tolerance)
+        result = compare(
+            stored.values, values, higher_is_better=SAMPLE_METRICS[metric][1], tolerance=bound
+        )
+        if result.verdict == "regression":
+            failures.append(f"regression against the baseline: {result.describe()}{why}")
+        return replace(
+            base,
+            verdict=prefix + result.describe() + why,
+            outcome=result.verdict,
+            comparison=result,
+        )
+    if not stored.values[0]:  # e.g. an error rate of 0: no ratio, only equality
+        same = "the same as" if values[0] == stored.values[0] else "against"
+        verdict = f"{prefix}{format_value(metric, values[0])} {same} the baseline's"
+        return replace(base, verdict=verdict, outcome="reported")
+    single = values[0] / stored.values[0]
+    if metric == "rss_bytes" and single > 1 + max(tolerance, MEMORY_TOLERANCE):
+        failures.append(f"memory regression: {single:.2f}x the baseline")
+        return replace(
+            base,
+            verdict=f"{prefix}{single:.2f}x higher (beyond {MEMORY_TOLERANCE:.0%})",
+            outcome="regression",
+            ratio=single,
+        )
+    return replace(
+        base,
+        verdict=f"{prefix}{single:.2f}x the baseline (single value: reported)",
+        outcome="reported",
+        ratio=single,
+    )
+
+
+def threshold_notes(
+    thresholds: Sequence[Threshold],
+    label: str,
+    metric: str,
+    value: float,
+    profile: str,
+    bandwidth: Callable[[], float],
+    failures: list[str],
+) -> list[str]:
+    """The thresholds ``value`` breaches, as notes; hard limits also go to ``failures``.
+    Thresholds hold on the profile they were written for; elsewhere only decode limits
+    (scaled by the measured over the reference bandwidth) and the error rate apply."""
+    target = THRESHOLD_METRIC.get(metric)
+    if target is None:
+        return []
+    notes = []
+    for threshold in thresholds:
+        applies = (
+            threshold.metric == target
+            and (threshold.model in (None, label))
+            and label not in threshold.except_models
+        )
+        if not applies:
+            continue
+        limit, how = threshold.value, ""
+        if threshold.profile != profile:
+            if target == "error_rate_ratio":
+                how = " (applies on every profile)"
+            elif target == "decode_tokens_per_s" and threshold.profile in REFERENCE_PROFILES:
+                reference = REFERENCE_PROFILES[threshold.profile].bandwidth_bytes_per_s
+                limit = threshold.value * bandwidth() / reference
+                how = (
+                    f" (scaled from {threshold.value:g} on {threshold.profile} by this "
+                    f"host's measured bandwidth {bandwidth() / 1e9:.0f} GB/s / "
+                    f"{reference / 1e9:.0f} GB/s public)"
+                )
+            else:
+                continue  # written for another machine and not scalable
+        met = value >= limit if threshold.direction == "min" else value <= limit
+        if met:
+            continue
+        text = (
+            f"{threshold.severity} {threshold.id}: {format_value(metric, value)} "
+            f"{'<' if threshold.direction == 'min' else '>'} {format_value(metric, limit)}"
+            f"{how} [{threshold.source}: {threshold.source_key}]"
+        )
+        if threshold.fails_test:
+            failures.append("threshold breach: " + text)
+        notes.append(text)
+    return notes
+
+
+def case_roofline(
+    case: Case, workload: Workload, profile: str, bandwidth: Callable[[], float]
+) -> dict[str, Any]:
+    """The most decode tokens/s the memory bandwidth allows for the case: a derived
+    figure, from the public bandwidth of a reference machine or the one measured here."""
+    if profile in REFERENCE_PROFILES:
+        reference = REFERENCE_PROFILES[profile]
+        bytes_per_s, bandwidth_source = reference.bandwidth_bytes_per_s, reference.source
+    else:
+        bytes_per_s = bandwidth()
+        bandwidth_source = "measured here (numpy read probe, hardware.probe_bandwidth)"
+    entry = resolve_model(case.label)
+    weights = entry.active_weight_bytes(case.quantization)
+    kv_per_token = entry.architecture.kv_bytes_per_token("f16")
+    mean_context = workload.prompt_tokens + workload.max_tokens / 2
+    return {
+        "tokens_per_s": decode_roofline_tokens_per_s(
+            bytes_per_s, weights, kv_per_token, round(mean_context)
+        ),
+        "provenance": "derived",
+        "source": (
+            f"bandwidth {bytes_per_s / 1e9:.1f} GB/s ({bandwidth_source}) / "
+            f"({weights / 1e9:.2f} GB active weights + f16 KV cache at "
+            f"{mean_context:.0f} tokens)"
+        ),
+    }
