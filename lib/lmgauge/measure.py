@@ -172,9 +172,11 @@ async def _attempt(
     thinking_tokens = 0
     first_answer_at: float | None = None
     last_at = start
+    arrived_at: float | None = None  # of the last chunk: when the answer was complete
     error: str | None = None
     try:
         async for chunk in backend.generate(request):
+            arrived_at = chunk.at_s
             if chunk.tokens > 0:
                 # Spread a multi-token chunk's gap evenly over its tokens.
                 gap = (chunk.at_s - last_at) / chunk.tokens
@@ -192,7 +194,9 @@ async def _attempt(
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ServerError) and not token_times:
             status = exc.status_code
-    end = time.perf_counter()
+    # The answer ends when its last bytes arrived, not when this loop got to them: with
+    # many streams finishing together, the loop reaches them one after another.
+    end = arrived_at if error is None and arrived_at is not None else time.perf_counter()
     prompt_tokens = server.prompt_tokens if server is not None else None
     ttft = token_times[0] - start if token_times else None
     itl = tuple(b - a for a, b in itertools.pairwise(token_times))
