@@ -48,6 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=15,
         help="cap of extra sampling when a verdict is inconclusive",
     )
+    group.addoption(
+        "--lmgauge-max-extra-s",
+        type=float,
+        default=45.0,
+        help="time budget per case for that extra sampling (default 45 s)",
+    )
     group.addoption("--lmgauge-prompt-tokens", type=int, default=128)
     group.addoption("--lmgauge-max-tokens", type=int, default=32, help="tokens to generate")
     group.addoption("--lmgauge-threads", type=int, default=None, help="engine threads")
@@ -115,6 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
             max_tokens=config.getoption("--lmgauge-max-tokens"),
             samples=config.getoption("--lmgauge-samples"),
             max_samples=config.getoption("--lmgauge-max-samples"),
+            max_extra_sampling_s=config.getoption("--lmgauge-max-extra-s"),
             threads=config.getoption("--lmgauge-threads"),
         ),
         profile_override=config.getoption("--lmgauge-profile"),

@@ -61,6 +61,7 @@ class Workload:
     max_tokens: int = 32
     samples: int = 5
     max_samples: int = 15  # the cap of sequential sampling when a verdict is inconclusive
+    max_extra_sampling_s: float = 45.0  # and its time budget per case
     warmups: int = 1
     threads: int | None = None
 

@@ -85,6 +85,7 @@ class CheckSession:
     _profile: str | None = None
     _host: HostFingerprint | None = None
     _config_mismatch: str | None = None
+    _extra_sampling_s: dict[Case, float] = field(default_factory=dict)
 
     @property
     def profile(self) -> str:
@@ -296,9 +297,13 @@ class CheckSession:
             self.report.record_verdict(row)
 
     def _sample_more_if_inconclusive(self, case: Case, metric: str) -> None:
+        """Draw more samples, two at a time, while the verdict is inconclusive: up to the
+        sample cap, and while the case's extra sampling stays within its time budget."""
         runner = self.runner()
         run = runner.run(case)
         while len(run.samples) < self.workload.max_samples:
+            if self._extra_sampling_s.get(case, 0.0) >= self.workload.max_extra_sampling_s:
+                return
             stored = self._stored_metric(case, metric)
             if stored is None or stored.provenance != "measured":
                 return
@@ -310,7 +315,10 @@ class CheckSession:
             )
             if result.verdict != "inconclusive":
                 return
-            runner.more_samples(case, min(5, self.workload.max_samples - len(run.samples)))
+            started = time.perf_counter()
+            runner.more_samples(case, min(2, self.workload.max_samples - len(run.samples)))
+            spent = time.perf_counter() - started
+            self._extra_sampling_s[case] = self._extra_sampling_s.get(case, 0.0) + spent
 
     def _stored_case(self, case: Case) -> CaseBaseline | None:
         baseline = self.baseline_file()
