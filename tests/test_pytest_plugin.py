@@ -120,6 +120,11 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
     assert decode_row["baseline_provenance"] == "measured"
     assert case["derived"]["decode_roofline"]["provenance"] == "derived"
 
+    # Recording another run against that baseline reports the difference, never fails.
+    recording = suite.runpytest_subprocess(*SHORT, "--update-baselines")
+    recording.assert_outcomes(passed=2)
+    recording.stdout.fnmatch_lines(["*(recording a baseline run: reported, not failed)*"])
+
     data["cases"][CASE]["environment"]["quantization"] = "Q8_0"
     path.write_text(json.dumps(data))
     unlike = suite.runpytest_subprocess(*SHORT)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -335,15 +335,26 @@ class CheckSession:
         stored = None if stored_case is None else stored_case.metrics.get(metric)
         if stored_case is None or stored is None:
             return Judgement()
-        return against_baseline(
+        # While recording, this run becomes part of the baseline: its difference from the
+        # earlier runs is the run-to-run noise being measured, not a regression.
+        found: list[str] = []
+        judgement = against_baseline(
             metric,
             values,
             stored,
             environment_differences(stored_case.environment, run.environment),
             tolerance=self.tolerance,
             allow_unlike=self.allow_unlike,
-            failures=failures,
+            failures=found,
         )
+        if self.update_baselines and found:
+            return replace(
+                judgement,
+                verdict=f"{judgement.verdict} (recording a baseline run: reported, not failed)",
+                outcome="reported",
+            )
+        failures.extend(found)
+        return judgement
 
     def _thresholds_for(
         self, case: Case, metric: str, value: float, failures: list[str]
