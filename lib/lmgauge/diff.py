@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmgauge.baselines import environment_differences
+from lmgauge.judge import memory_growth_bound
 from lmgauge.metrics import SAMPLE_METRICS, higher_is_better
 from lmgauge.stats import compare
 
-MEMORY_TOLERANCE = 0.10  # the pytest gate's bound on memory growth (verdicts.py)
 RELEASE_KEYS = ("backend_version",)
 
 
@@ -95,7 +95,7 @@ def compare_metric(
         )
     if ratio is None:
         return DiffRow(case_id, metric, median_a, median_b, None, "reported", words)
-    if metric == "rss_bytes" and ratio > 1 + max(tolerance, MEMORY_TOLERANCE):
+    if metric == "rss_bytes" and ratio > 1 + memory_growth_bound(tolerance):
         return DiffRow(
             case_id,
             metric,
@@ -103,7 +103,7 @@ def compare_metric(
             median_b,
             ratio,
             "regression",
-            f"{words} (beyond {max(tolerance, MEMORY_TOLERANCE):.0%})",
+            f"{words} (beyond {memory_growth_bound(tolerance):.0%})",
         )
     return DiffRow(
         case_id,

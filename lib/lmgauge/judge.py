@@ -29,6 +29,11 @@ THRESHOLD_METRIC = {
 MEMORY_TOLERANCE = 0.10
 
 
+def memory_growth_bound(tolerance: float) -> float:
+    """How much more memory than the baseline counts as a regression: at least 10%."""
+    return max(tolerance, MEMORY_TOLERANCE)
+
+
 @dataclass(frozen=True)
 class Judgement:
     """What the baseline says about one metric: the baseline fields of a verdict row."""
@@ -138,11 +143,11 @@ def against_baseline(
         verdict = f"{prefix}{format_value(metric, values[0])} {same} the baseline's"
         return replace(base, verdict=verdict, outcome="reported")
     single = values[0] / stored.values[0]
-    if metric == "rss_bytes" and single > 1 + max(tolerance, MEMORY_TOLERANCE):
+    if metric == "rss_bytes" and single > 1 + memory_growth_bound(tolerance):
         failures.append(f"memory regression: {single:.2f}x the baseline")
         return replace(
             base,
-            verdict=f"{prefix}{single:.2f}x higher (beyond {MEMORY_TOLERANCE:.0%})",
+            verdict=f"{prefix}{single:.2f}x higher (beyond {memory_growth_bound(tolerance):.0%})",
             outcome="regression",
             ratio=single,
         )
