@@ -2,6 +2,7 @@
 (``--config``): what it configures fits its memory budget, and the router never picks a
 model the config does not serve. Skipped without a config."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,32 +30,42 @@ def _candidates(config: ServerConfig, policy: str) -> list[Candidate]:
     ]
 
 
-def test_every_configured_case_fits_the_memory_budget(server_config: ServerConfig) -> None:
-    budget = server_config.memory_budget_bytes
+@pytest.fixture(scope="session")
+def config_under_test(lmgauge_server_config: ServerConfig) -> ServerConfig:
+    """The --lmgauge-config file; these invariants skip without one."""
+    return lmgauge_server_config
+
+
+def test_every_configured_case_fits_the_memory_budget(config_under_test: ServerConfig) -> None:
+    budget = config_under_test.memory_budget_bytes
     if budget is None:
         return  # no budget configured: the planner skips what the host cannot hold
     too_big = [
         estimate.describe()
-        for label in server_config.models
-        for quant in server_config.quantizations
-        if (estimate := estimate_memory(label, quant, max(server_config.contexts))).total_bytes
+        for label in config_under_test.models
+        for quant in config_under_test.quantizations
+        if (estimate := estimate_memory(label, quant, max(config_under_test.contexts))).total_bytes
         > budget
     ]
-    assert not too_big, f"over the {budget / GB:.0f} GB budget of {server_config.path}: {too_big}"
+    assert not too_big, (
+        f"over the {budget / GB:.0f} GB budget of {config_under_test.path}: {too_big}"
+    )
 
 
-def test_the_deployment_plan_preloads_within_the_budget(server_config: ServerConfig) -> None:
-    budget = server_config.memory_budget_bytes or 0
+def test_the_deployment_plan_preloads_within_the_budget(
+    config_under_test: ServerConfig,
+) -> None:
+    budget = config_under_test.memory_budget_bytes or 0
     models = [
         PlannedModel(
             f"{label}-{quant}",
-            estimate_memory(label, quant, max(server_config.contexts)).total_bytes,
+            estimate_memory(label, quant, max(config_under_test.contexts)).total_bytes,
             i + 1,
         )
         for i, (label, quant) in enumerate(
             (label, quant)
-            for label in server_config.models
-            for quant in server_config.quantizations
+            for label in config_under_test.models
+            for quant in config_under_test.quantizations
         )
     ]
     plan = plan_deployment(models, budget)
@@ -71,7 +82,7 @@ def test_the_deployment_plan_preloads_within_the_budget(server_config: ServerCon
     tenths_of_gb=st.integers(0, 1400),
 )
 def test_the_router_only_picks_configured_models_that_fit(
-    server_config: ServerConfig,
+    config_under_test: ServerConfig,
     complexity: str,
     urgency: str,
     quality: str,
@@ -80,19 +91,19 @@ def test_the_router_only_picks_configured_models_that_fit(
     tenths_of_gb: int,
 ) -> None:
     available = tenths_of_gb * GB // 10
-    if server_config.memory_budget_bytes is not None:
-        available = min(available, server_config.memory_budget_bytes)
+    if config_under_test.memory_budget_bytes is not None:
+        available = min(available, config_under_test.memory_budget_bytes)
     request = RouteRequest(
         complexity=complexity,  # type: ignore[arg-type]
         urgency=urgency,  # type: ignore[arg-type]
         quality=quality,  # type: ignore[arg-type]
         reasoning=reasoning,
-        context_tokens=min(server_config.contexts),
+        context_tokens=min(config_under_test.contexts),
     )
     try:
-        decision = route(request, available, _candidates(server_config, policy), policy)
+        decision = route(request, available, _candidates(config_under_test, policy), policy)
     except NoFeasibleModelError:
         return
-    assert decision.candidate.label in server_config.models
-    assert decision.candidate.quantization in server_config.quantizations
+    assert decision.candidate.label in config_under_test.models
+    assert decision.candidate.quantization in config_under_test.quantizations
     assert decision.memory_bytes <= available

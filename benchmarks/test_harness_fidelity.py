@@ -12,7 +12,7 @@ ingested at 64 streams. The gate is the stored harness baseline
 (baselines/harness/<profile>.json): a figure fails only when it is more than 3x worse than
 the baseline AND worse than the target, so a noisy machine does not fail a run; a run
 during which other jobs took over a quarter of the CPU is reported but not gated. Write the
-baseline with ``--update-baselines``. The capacity sweep is marked ``heavy``.
+baseline with ``--lmgauge-update-baselines``. The capacity sweep is marked ``heavy``.
 
     pytest benchmarks/test_harness_fidelity.py -m "not heavy"   # levels and 20k/s: ~25 s
     pytest benchmarks/test_harness_fidelity.py                   # and the sweep: ~75 s
@@ -197,7 +197,7 @@ def _report(request: pytest.FixtureRequest) -> Iterator[None]:
             reporter.write_line("")
             for line in lines:
                 reporter.write_line(line)
-        if request.config.getoption("--update-baselines", default=False):
+        if request.config.getoption("--lmgauge-update-baselines", default=False):
             _write_baseline(reporter)
 
 

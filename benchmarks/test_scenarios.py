@@ -9,5 +9,5 @@ from lmgauge.verdicts import CheckSession
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario(case: Case, scenario: str, lmgauge: CheckSession) -> None:
-    lmgauge.check_scenario(case, scenario)
+def test_scenario(lmgauge_case: Case, scenario: str, lmgauge: CheckSession) -> None:
+    lmgauge.check_scenario(lmgauge_case, scenario)

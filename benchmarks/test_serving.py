@@ -12,38 +12,38 @@ from lmgauge.runner import Case
 from lmgauge.verdicts import CheckSession
 
 
-def test_decode(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "decode_tokens_per_s")
+def test_decode(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "decode_tokens_per_s")
 
 
-def test_prefill(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "prefill_tokens_per_s")
+def test_prefill(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "prefill_tokens_per_s")
 
 
-def test_ttft(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "ttft_s")
+def test_ttft(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "ttft_s")
 
 
-def test_itl(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "itl_s")
+def test_itl(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "itl_s")
 
 
-def test_e2e(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "e2e_s")
+def test_e2e(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "e2e_s")
 
 
-def test_memory(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "rss_bytes")
+def test_memory(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "rss_bytes")
 
 
-def test_load(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "load_s")
+def test_load(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "load_s")
 
 
-def test_error_rate(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "error_rate_ratio")
+def test_error_rate(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "error_rate_ratio")
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 4], ids=["c1", "c2", "c4"])
-def test_throughput(case: Case, concurrency: int, lmgauge: CheckSession) -> None:
-    lmgauge.check_throughput(case, concurrency)
+def test_throughput(lmgauge_case: Case, concurrency: int, lmgauge: CheckSession) -> None:
+    lmgauge.check_throughput(lmgauge_case, concurrency)

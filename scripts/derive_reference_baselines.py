@@ -6,7 +6,7 @@ No public measurement of Qwen3 on an M3 Max exists (FACTS.md), so each number is
 derived: bandwidth x efficiency / bytes read per decoded token (active weights + the KV
 cache at the middle of the context). The efficiency is calibrated on public anchors in
 FACTS.md, per engine and weight format; every number says so in its ``source``. Replace
-them with measured ones (``--update-baselines`` on the machine) as soon as someone can.
+them with measured ones (``--lmgauge-update-baselines`` on the machine) as soon as someone can.
 """
 
 from __future__ import annotations

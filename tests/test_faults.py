@@ -148,12 +148,12 @@ from lmgauge.runner import Case
 from lmgauge.verdicts import CheckSession
 
 
-def test_decode(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "decode_tokens_per_s")
+def test_decode(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "decode_tokens_per_s")
 
 
-def test_error_rate(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "error_rate_ratio")
+def test_error_rate(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "error_rate_ratio")
 """
 
 

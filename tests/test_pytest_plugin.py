@@ -21,12 +21,12 @@ from lmgauge.runner import Case
 from lmgauge.verdicts import CheckSession
 
 
-def test_decode(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "decode_tokens_per_s")
+def test_decode(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "decode_tokens_per_s")
 
 
-def test_memory(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "rss_bytes")
+def test_memory(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "rss_bytes")
 """
 SHORT = [
     "--lmgauge-backend",
@@ -91,11 +91,11 @@ def test_a_context_beyond_the_model_is_an_error(suite: pytest.Pytester) -> None:
 
 
 def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) -> None:
-    recorded = suite.runpytest_subprocess(*SHORT, "--update-baselines")
+    recorded = suite.runpytest_subprocess(*SHORT, "--lmgauge-update-baselines")
     recorded.assert_outcomes(passed=2)
     recorded.stdout.fnmatch_lines(["*baseline written: baselines/*/llamacpp.json"])
     path = next(Path(suite.path, "baselines").glob("*/llamacpp.json"))
-    again = suite.runpytest_subprocess(*SHORT, "--update-baselines")
+    again = suite.runpytest_subprocess(*SHORT, "--lmgauge-update-baselines")
     again.stdout.fnmatch_lines(["*baseline written: baselines/*/llamacpp.json (previous kept*"])
     data = json.loads(path.read_text())
     decode = data["cases"][CASE]["metrics"]["decode_tokens_per_s"]
@@ -108,7 +108,7 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
     slower = suite.runpytest_subprocess(*SHORT)
     slower.assert_outcomes(passed=1, failed=1)
     slower.stdout.fnmatch_lines(["*regression against the baseline: *x slower (significant*"])
-    assert json.loads(path.read_text()) == data  # never overwritten without --update-baselines
+    assert json.loads(path.read_text()) == data  # never overwritten without --lmgauge-update-baselines
     reports = sorted(Path(suite.path, "reports").glob("*-llamacpp-*.json"))
     assert len(reports) == 3  # one per run
     report = load_report(reports[-1])
@@ -121,7 +121,7 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
     assert case["derived"]["decode_roofline"]["provenance"] == "derived"
 
     # Recording another run against that baseline reports the difference, never fails.
-    recording = suite.runpytest_subprocess(*SHORT, "--update-baselines")
+    recording = suite.runpytest_subprocess(*SHORT, "--lmgauge-update-baselines")
     recording.assert_outcomes(passed=2)
     recording.stdout.fnmatch_lines(["*(recording a baseline run: reported, not failed)*"])
 
@@ -176,8 +176,8 @@ from lmgauge.scenarios import SCENARIOS
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario(case: Case, scenario: str, lmgauge: CheckSession) -> None:
-    lmgauge.check_scenario(case, scenario)
+def test_scenario(lmgauge_case: Case, scenario: str, lmgauge: CheckSession) -> None:
+    lmgauge.check_scenario(lmgauge_case, scenario)
 """
     )
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
@@ -213,7 +213,7 @@ def test_scenario(case: Case, scenario: str, lmgauge: CheckSession) -> None:
 
 def test_a_config_with_fictional_settings_stops_the_run(suite: pytest.Pytester) -> None:
     config = Path(__file__).parents[1] / "configs" / "seeds" / "seed004-ollama.toml"
-    result = suite.runpytest_subprocess("--config", str(config))
+    result = suite.runpytest_subprocess("--lmgauge-config", str(config))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -245,7 +245,7 @@ def test_an_ollama_server_not_running_the_config_is_refused_by_name(
     tag = "qwen2.5:7b-instruct-q4_K_M"
     with FakeOllama({tag: FakeModel(size=4_680_000_000)}, ttft_s=0.01, itl_s=0.001) as fake:
         result = pytester.runpytest_subprocess(
-            f"--config={config}", f"--lmgauge-url={fake.url}", "-p", "no:cacheprovider"
+            f"--lmgauge-config={config}", f"--lmgauge-url={fake.url}", "-p", "no:cacheprovider"
         )
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(

@@ -75,7 +75,7 @@ def test_a_run_with_nothing_failed_says_so(contexts: dict[str, Any]) -> None:
     page = render_html(contexts)
     assert "✓ Nothing failed.</b> 33 verdicts: 33 without a baseline." in page
     assert "<h2>Failures</h2>" not in page
-    assert "Record baselines with --update-baselines" in page
+    assert "Record baselines with --lmgauge-update-baselines" in page
 
 
 def test_text_from_the_report_is_escaped(regression: dict[str, Any]) -> None:

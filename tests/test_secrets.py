@@ -21,8 +21,8 @@ from lmgauge.runner import Case
 from lmgauge.verdicts import CheckSession
 
 
-def test_decode(case: Case, lmgauge: CheckSession) -> None:
-    lmgauge.check(case, "decode_tokens_per_s")
+def test_decode(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "decode_tokens_per_s")
 """
 
 

@@ -49,7 +49,7 @@ def test_the_config_gate_runs_on_apple_silicon_on_a_config_change() -> None:
     commands = run_lines(job)
     assert "scripts/setup.sh" in commands
     assert "lmgauge lint-config" in commands
-    assert '--config "$config"' in commands
+    assert '--lmgauge-config "$config"' in commands
     assert 'exit "$status"' in commands  # a failed benchmark fails the job
     upload = next(
         s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")

@@ -492,6 +492,14 @@ class Catalog:
 CATALOG = Catalog()
 
 
+def use_overrides(path: Path) -> Catalog:
+    """Apply a catalog overrides file (``--lmgauge-catalog``) for the rest of the process:
+    resolve_model sees the overridden backend names from then on."""
+    global CATALOG  # one catalog per process, chosen on the command line
+    CATALOG = CATALOG.with_overrides(path)
+    return CATALOG
+
+
 def resolve_model(label: str) -> ModelEntry:
     """The catalog entry of a label; UnknownModelError lists the labels and the closest one."""
     return CATALOG.model(label)

@@ -208,7 +208,7 @@ def _tally(report: Mapping[str, Any]) -> tuple[str, list[str], bool]:
     if failed_tests and not failures:
         line += f" But pytest reports {_e(failed_tests)} failed tests: see its output."
     if counts.get("no baseline"):
-        line += " <span class='small'>Record baselines with --update-baselines.</span>"
+        line += " <span class='small'>Record baselines with --lmgauge-update-baselines.</span>"
     return line, failures, bool(failures or failed_tests)
 
 
@@ -326,7 +326,7 @@ def _plots(cases: Mapping[str, Mapping[str, Any]]) -> list[str]:
     parts = _section(
         "This run against its baseline",
         "".join(figures) or None,
-        "no case has a baseline with its own samples (record one with --update-baselines).",
+        "no case has a baseline with its own samples (record one with --lmgauge-update-baselines).",
         "Grey: the baseline's values (their provenance under each); blue: this run's samples, "
         "measured. Box: the middle half of the values; line: the median; whiskers: the furthest "
         "values within 1.5 box heights; dots: every value.",

@@ -11,8 +11,6 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from lmgauge.backends.base import Backend
 from lmgauge.errors import ConfigError
 
@@ -63,6 +61,8 @@ class Detection:
 
 async def detect(*, urls: dict[str, str] | None = None, timeout_s: float = 0.5) -> Detection:
     """Probe Ollama (:11434) and LM Studio (:1234) on loopback; else the embedded engine."""
+    import httpx  # here, not at import: the pytest plugin imports this module's names
+
     urls = {**DEFAULT_URLS, **(urls or {})}
     seen: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=timeout_s) as client:
