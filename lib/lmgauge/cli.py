@@ -17,9 +17,9 @@ from pathlib import Path
 from lmgauge import __version__
 from lmgauge.baselines import add_runs, baseline_path, load_baseline, save_baseline
 from lmgauge.catalog import GB, resolve_model
-from lmgauge.diff import Diff, describe_ratio, diff_reports, trend
+from lmgauge.diff import Diff, diff_reports, trend
 from lmgauge.errors import LmgaugeError
-from lmgauge.metrics import format_value
+from lmgauge.metrics import describe_change, format_value
 from lmgauge.planner import PlannedModel, estimate_memory, plan_deployment
 from lmgauge.report import load_report
 from lmgauge.report_markdown import render_markdown
@@ -47,7 +47,7 @@ def _print_diff(diff: Diff) -> None:
             _value(r.metric, r.a),
             _value(r.metric, r.b),
             f"{r.ratio:.3f}" if r.ratio is not None else "-",
-            f"{r.verdict.upper() if r.verdict == 'regression' else r.verdict}: {r.text}",
+            f"{r.outcome.upper() if r.outcome == 'regression' else r.outcome}: {r.verdict}",
         ]
         for r in diff.rows
     ]
@@ -56,7 +56,16 @@ def _print_diff(diff: Diff) -> None:
     if means:
         print("\ngeometric mean of B/A over the cases in both, per metric:")
         for metric, mean in sorted(means.items()):
-            print(f"  {metric}: {mean:.3f} ({describe_ratio(metric, mean)})")
+            print(f"  {metric}: {mean:.3f} ({describe_change(metric, mean)})")
+
+
+UNPAIRED_NOTE = (
+    "\nnote: A and B are two runs from different moments, not a paired measurement. Their "
+    "difference includes the machine's run-to-run drift (on a shared 2-core VM, run medians "
+    "moved 12-31% with nothing changed), which two single runs cannot measure: a change "
+    "smaller than that drift cannot be told from it here. To see small changes, measure both "
+    "in one session: pytest benchmarks --lmgauge-config B.toml --lmgauge-against A.toml"
+)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -76,6 +85,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print("error: no case was measured in both reports in like environments", file=sys.stderr)
         return 2
     _print_diff(diff)
+    print(UNPAIRED_NOTE)
     regressions = diff.regressions
     if regressions:
         names = ", ".join(f"{r.case_id} {r.metric}" for r in regressions)
@@ -108,8 +118,8 @@ def cmd_trend(args: argparse.Namespace) -> int:
         cells = []
         for median, step in zip(item.medians, item.steps, strict=True):
             cell = _value(item.metric, median)
-            if step is not None and step.verdict in ("regression", "improvement"):
-                cell += f" [{describe_ratio(item.metric, step.ratio or float('nan'))}]"
+            if step is not None and step.outcome in ("regression", "improvement"):
+                cell += f" [{describe_change(item.metric, step.ratio or float('nan'))}]"
                 jumps.append((step, item))
             cells.append(cell)
         rows.append([item.case_id, item.metric, *cells])
@@ -119,8 +129,10 @@ def cmd_trend(args: argparse.Namespace) -> int:
         print("\nsignificant changes from one report to the next:")
         for step, item in sorted(jumps, key=lambda j: -abs(math.log(j[0].ratio or 1))):
             index = item.steps.index(step) + 1
-            marker = "REGRESSION" if step.verdict == "regression" else "improvement"
-            print(f"  {marker} #{index - 1} -> #{index}: {item.case_id} {item.metric}: {step.text}")
+            marker = "REGRESSION" if step.outcome == "regression" else "improvement"
+            print(
+                f"  {marker} #{index - 1} -> #{index}: {item.case_id} {item.metric}: {step.verdict}"
+            )
     return 0
 
 

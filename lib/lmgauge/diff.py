@@ -1,9 +1,10 @@
 """Comparing run reports: two of them (``lmgauge diff``) or a series (``lmgauge trend``).
 
-Per-sample metrics are compared with the same test as the pytest gate (stats.compare:
-Mann-Whitney U and a minimum effect); metrics measured once per run are reported as a
-ratio. Cases measured in unlike environments are not compared unless asked; a
-different backend version is expected across releases and only noted.
+Every metric is judged by the same rule as the pytest gate (judge.decide: Mann-Whitney U
+and a minimum effect for per-sample metrics, a bound on memory growth, a reported ratio
+for other values measured once per run). Cases measured in unlike environments are not
+compared unless asked; a different backend version is expected across releases and only
+noted (judge.split_differences, as in the gate).
 """
 
 from __future__ import annotations
@@ -15,11 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmgauge.baselines import environment_differences
-from lmgauge.judge import memory_growth_bound
-from lmgauge.metrics import SAMPLE_METRICS, higher_is_better
-from lmgauge.stats import compare
-
-RELEASE_KEYS = ("backend_version",)
+from lmgauge.judge import decide, split_differences
 
 
 @dataclass(frozen=True)
@@ -29,8 +26,8 @@ class DiffRow:
     a: float | None  # median of A
     b: float | None
     ratio: float | None  # b / a
-    verdict: str  # pass | regression | improvement | inconclusive | reported | missing
-    text: str  # "1.18x slower (significant, p=0.003): regression"
+    outcome: str  # pass | regression | improvement | inconclusive | reported | missing
+    verdict: str  # "1.18x slower (significant, p=0.003): regression"
     p_value: float | None = None
 
 
@@ -42,7 +39,7 @@ class Diff:
 
     @property
     def regressions(self) -> list[DiffRow]:
-        return [r for r in self.rows if r.verdict == "regression"]
+        return [r for r in self.rows if r.outcome == "regression"]
 
     def geometric_means(self) -> dict[str, float]:
         """Per metric, the geometric mean of the B/A ratios over the cases in both."""
@@ -51,20 +48,6 @@ class Diff:
             if row.ratio is not None and row.ratio > 0 and math.isfinite(row.ratio):
                 ratios.setdefault(row.metric, []).append(row.ratio)
         return {m: math.exp(statistics.fmean(map(math.log, r))) for m, r in ratios.items()}
-
-
-def describe_ratio(metric: str, ratio: float) -> str:
-    """ "1.18x slower", "1.05x faster", "1.20x higher": the direction in words."""
-    if not math.isfinite(ratio) or ratio <= 0:
-        return "n/a"
-    factor = ratio if ratio >= 1 else 1 / ratio
-    if metric.endswith(("_bytes", "_ratio")):
-        word = "higher" if ratio >= 1 else "lower"
-    elif higher_is_better(metric):
-        word = "faster" if ratio >= 1 else "slower"
-    else:  # a latency: more time is slower
-        word = "slower" if ratio >= 1 else "faster"
-    return f"{factor:.2f}x {word}"
 
 
 def case_environment(report: Mapping[str, Any], case: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,42 +60,17 @@ def compare_metric(
     if not a or not b:
         present = "B only" if b else "A only"
         return DiffRow(case_id, metric, None, None, None, "missing", f"measured in {present}")
-    median_a, median_b = statistics.median(a), statistics.median(b)
-    ratio = median_b / median_a if median_a else None
-    words = describe_ratio(metric, ratio) if ratio is not None else "no ratio (A is 0)"
-    if metric in SAMPLE_METRICS:
-        result = compare(a, b, higher_is_better=higher_is_better(metric), tolerance=tolerance)
-        if result.verdict in ("regression", "improvement"):
-            text = f"{words} (significant, p={result.p_value:.3g})"
-        elif result.verdict == "pass":
-            text = f"{words}: no change beyond the {tolerance:.0%} tolerance"
-        elif result.p_value is None:
-            text = f"{words}: {result.reason}"
-        else:
-            text = f"{words}, not significant (p={result.p_value:.3g})"
-        return DiffRow(
-            case_id, metric, median_a, median_b, ratio, result.verdict, text, result.p_value
-        )
-    if ratio is None:
-        return DiffRow(case_id, metric, median_a, median_b, None, "reported", words)
-    if metric == "rss_bytes" and ratio > 1 + memory_growth_bound(tolerance):
-        return DiffRow(
-            case_id,
-            metric,
-            median_a,
-            median_b,
-            ratio,
-            "regression",
-            f"{words} (beyond {memory_growth_bound(tolerance):.0%})",
-        )
+    decision = decide(metric, a, b, tolerance=tolerance)
+    p_value = decision.comparison.p_value if decision.comparison else None
     return DiffRow(
         case_id,
         metric,
-        median_a,
-        median_b,
-        ratio,
-        "reported",
-        f"{words} (one value per run: not tested)",
+        statistics.median(a),
+        statistics.median(b),
+        decision.ratio,
+        decision.outcome,
+        decision.verdict,
+        p_value,
     )
 
 
@@ -127,9 +85,7 @@ def diff_reports(
     for case_id in [c for c in a["cases"] if c in b["cases"]]:
         case_a, case_b = a["cases"][case_id], b["cases"][case_id]
         env_a, env_b = case_environment(a, case_a), case_environment(b, case_b)
-        differences = environment_differences(env_a, env_b)
-        unlike = [d for d in differences if not d.startswith(RELEASE_KEYS)]
-        release = [d for d in differences if d.startswith(RELEASE_KEYS)]
+        unlike, release = split_differences(environment_differences(env_a, env_b))
         if release:
             diff.warnings.append(f"{case_id}: across releases ({'; '.join(release)})")
         if unlike:
@@ -185,13 +141,11 @@ def trend(
             if before is None or after is None or not values[i - 1] or not values[i]:
                 steps.append(None)
                 continue
-            unlike = [
-                d
-                for d in environment_differences(
+            unlike, _release = split_differences(
+                environment_differences(
                     case_environment(reports[i - 1], before), case_environment(reports[i], after)
                 )
-                if not d.startswith(RELEASE_KEYS)
-            ]
+            )
             if unlike:
                 warnings.append(f"{case_id} {metric} step {i}: unlike ({'; '.join(unlike)})")
             steps.append(compare_metric(case_id, metric, values[i - 1], values[i], tolerance))

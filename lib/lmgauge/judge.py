@@ -1,9 +1,16 @@
 """How one measured metric is judged: against its baseline (a significance test and a
 minimum effect), against the planning documents' thresholds (scaled to this host where
-they were written for another), and beside the bandwidth roofline (a derived figure)."""
+they were written for another), and beside the bandwidth roofline (a derived figure).
+
+``decide`` is the one rule for a metric's values against earlier ones, shared by the
+pytest gate (against a stored baseline) and ``lmgauge diff`` / ``trend`` (report against
+report). Its ``outcome`` is the category (pass, regression, improvement, inconclusive,
+reported...), its ``verdict`` the sentence that says it.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -12,7 +19,7 @@ from typing import Any
 from lmgauge.baselines import MetricBaseline
 from lmgauge.catalog import resolve_model
 from lmgauge.hardware import REFERENCE_PROFILES, decode_roofline_tokens_per_s
-from lmgauge.metrics import SAMPLE_METRICS, SCENARIO_METRICS, format_value
+from lmgauge.metrics import SAMPLE_METRICS, SCENARIO_METRICS, describe_change, format_value
 from lmgauge.runner import Case, Workload
 from lmgauge.stats import Comparison, compare
 from lmgauge.thresholds import Threshold
@@ -27,6 +34,8 @@ THRESHOLD_METRIC = {
 }
 """Which threshold metric of thresholds.toml a measured metric is checked against."""
 MEMORY_TOLERANCE = 0.10
+RELEASE_KEYS = ("backend_version",)
+"""Environment keys expected to differ across releases: noted, never a reason to refuse."""
 
 
 def memory_growth_bound(tolerance: float) -> float:
@@ -34,12 +43,62 @@ def memory_growth_bound(tolerance: float) -> float:
     return max(tolerance, MEMORY_TOLERANCE)
 
 
+def split_differences(differences: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``baselines.environment_differences`` lines as (unlike, release): a new backend
+    version is a release difference, any other key makes the environments unlike."""
+    release = [d for d in differences if d.split(":", 1)[0] in RELEASE_KEYS]
+    return [d for d in differences if d not in release], release
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str  # pass | regression | improvement | inconclusive | reported
+    verdict: str  # the sentence: "1.18x slower (significant, p=0.003): regression"
+    ratio: float | None  # median after / median before; None when before is 0
+    comparison: Comparison | None = None  # the significance test, for per-sample metrics
+
+
+def decide(
+    metric: str, before: Sequence[float], after: Sequence[float], *, tolerance: float
+) -> Decision:
+    """``after`` against ``before`` (both non-empty). Per-sample metrics: a significant
+    change beyond ``tolerance`` (stats.compare). Memory measured once per run: growth
+    beyond ``memory_growth_bound`` is a regression, as one run's peak has no spread to
+    test. Any other value measured once per run: its ratio, reported."""
+    if metric in SAMPLE_METRICS:
+        result = compare(
+            before,
+            after,
+            higher_is_better=SAMPLE_METRICS[metric].higher_is_better,
+            tolerance=tolerance,
+            metric=metric,
+        )
+        ratio = result.ratio if math.isfinite(result.ratio) else None
+        return Decision(result.outcome, result.describe(), ratio, result)
+    old, new = statistics.median(before), statistics.median(after)
+    if not old:  # e.g. an error rate of 0: no ratio, only equality
+        if new == old:
+            return Decision("reported", f"unchanged ({format_value(metric, new)})", None)
+        return Decision(
+            "reported",
+            f"{format_value(metric, new)} against {format_value(metric, old)}: no ratio "
+            "(one value per run: reported)",
+            None,
+        )
+    ratio = new / old
+    words = describe_change(metric, ratio)
+    bound = memory_growth_bound(tolerance)
+    if metric == "rss_bytes" and ratio > 1 + bound:
+        return Decision("regression", f"{words} (beyond the {bound:.0%} bound): regression", ratio)
+    return Decision("reported", f"{words} (one value per run: reported, not tested)", ratio)
+
+
 @dataclass(frozen=True)
 class Judgement:
     """What the baseline says about one metric: the baseline fields of a verdict row."""
 
     baseline: str = "none"
-    verdict: str = "no baseline for this profile (record one with --update-baselines)"
+    verdict: str = "no baseline for this profile (record one with --lmgauge-update-baselines)"
     outcome: str = "no baseline"
     baseline_value: float | None = None
     baseline_provenance: str | None = None
@@ -60,7 +119,8 @@ def tolerance_for(stored: MetricBaseline, configured: float) -> tuple[float, str
         )
     if runs < 2:
         return configured, (
-            " [1 baseline run: run-to-run noise unknown; record more runs with --update-baselines]"
+            " [1 baseline run: run-to-run noise unknown; record more runs with "
+            "--lmgauge-update-baselines]"
         )
     return configured, ""
 
@@ -72,9 +132,9 @@ def single_value(metric: str, value: float, stored: MetricBaseline | None) -> Ju
     ratio = value / stored.values[0] if stored.values[0] else None
     return Judgement(
         f"{format_value(metric, stored.values[0])} ({stored.provenance})",
-        f"{ratio:.2f}x the baseline (single value: reported)"
+        f"{describe_change(metric, ratio)} (one value per run: reported)"
         if ratio is not None
-        else "the baseline is 0: no ratio (single value: reported)",
+        else "the baseline is 0: no ratio (one value per run: reported)",
         "reported",
         stored.values[0],
         stored.provenance,
@@ -104,58 +164,38 @@ def against_baseline(
         baseline_source=stored.source,
         baseline_values=stored.values,
     )
-    ratio = statistics.median(values) / median if median else None
     if stored.provenance != "measured":  # nothing to match: reported, never judged
+        ratio = statistics.median(values) / median if median else None
+        words = "no ratio" if ratio is None else describe_change(metric, ratio)
         return replace(
             base,
-            verdict=f"{ratio or float('nan'):.2f}x the {stored.provenance} baseline "
+            verdict=f"{words} against the {stored.provenance} baseline "
             f"({stored.source}); reported, not judged",
             outcome="reported",
             ratio=ratio,
         )
-    unlike = [d for d in differences if not d.startswith("backend_version")]
+    unlike, release = split_differences(differences)
     if unlike and not allow_unlike:
         failures.append(
             "refusing to compare with a baseline from an unlike environment: "
-            f"{'; '.join(unlike)}. Re-record it with --update-baselines, or compare "
+            f"{'; '.join(unlike)}. Re-record it with --lmgauge-update-baselines, or compare "
             "anyway with --lmgauge-allow-unlike"
         )
         return replace(base, verdict="refused: unlike environment", outcome="refused")
-    release = [d for d in differences if d.startswith("backend_version")]
-    prefix = f"across releases ({release[0]}): " if release else ""
+    prefix = f"across releases ({'; '.join(release)}): " if release else ""
     if unlike:
         prefix = f"UNLIKE environment, allowed by --lmgauge-allow-unlike ({'; '.join(unlike)}): "
-    if metric in SAMPLE_METRICS:
-        bound, why = tolerance_for(stored, tolerance)
-        result = compare(
-            stored.values, values, higher_is_better=SAMPLE_METRICS[metric][1], tolerance=bound
-        )
-        if result.verdict == "regression":
-            failures.append(f"regression against the baseline: {result.describe()}{why}")
-        return replace(
-            base,
-            verdict=prefix + result.describe() + why,
-            outcome=result.verdict,
-            comparison=result,
-        )
-    if not stored.values[0]:  # e.g. an error rate of 0: no ratio, only equality
-        same = "the same as" if values[0] == stored.values[0] else "against"
-        verdict = f"{prefix}{format_value(metric, values[0])} {same} the baseline's"
-        return replace(base, verdict=verdict, outcome="reported")
-    single = values[0] / stored.values[0]
-    if metric == "rss_bytes" and single > 1 + memory_growth_bound(tolerance):
-        failures.append(f"memory regression: {single:.2f}x the baseline")
-        return replace(
-            base,
-            verdict=f"{prefix}{single:.2f}x higher (beyond {memory_growth_bound(tolerance):.0%})",
-            outcome="regression",
-            ratio=single,
-        )
+    # Per-sample metrics: the baseline's run-to-run noise may widen the tolerance.
+    bound, why = tolerance_for(stored, tolerance) if metric in SAMPLE_METRICS else (tolerance, "")
+    decision = decide(metric, stored.values, values, tolerance=bound)
+    if decision.outcome == "regression":
+        failures.append(f"regression against the baseline: {decision.verdict}{why}")
     return replace(
         base,
-        verdict=f"{prefix}{single:.2f}x the baseline (single value: reported)",
-        outcome="reported",
-        ratio=single,
+        verdict=prefix + decision.verdict + why,
+        outcome=decision.outcome,
+        comparison=decision.comparison,
+        ratio=decision.ratio,
     )
 
 

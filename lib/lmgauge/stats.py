@@ -1,16 +1,16 @@
-"""Summaries of measured samples, and the verdict of a comparison with a baseline.
+"""Summaries of measured samples, and the outcome of a comparison with a baseline.
 
 Medians and percentiles rather than means: one slow sample on a noisy machine moves a
 mean, not a median. Spread is the MAD (median absolute deviation) and the IQR.
 
-A verdict needs both a significant difference (Mann-Whitney U, two-sided) and an effect
+A regression needs both a significant difference (Mann-Whitney U, two-sided) and an effect
 larger than the metric's tolerance: a 1% change that is significant is no regression, and
 a 30% change on three noisy samples is "inconclusive" until more samples say otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +18,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from lmgauge.measure import Sample
+from lmgauge.metrics import SAMPLE_METRICS, describe_change, sample_values
+from lmgauge.metrics import error_rate as error_rate  # re-exported: tests/test_measure.py
 
 
 @dataclass(frozen=True)
@@ -55,38 +57,17 @@ def summarize(values: Iterable[float]) -> Summary | None:
     )
 
 
-SAMPLE_METRICS: dict[str, Callable[[Sample], float | None]] = {
-    "ttft_s": lambda s: s.ttft_s,
-    "e2e_s": lambda s: s.e2e_s,
-    "decode_tokens_per_s": lambda s: s.decode_tokens_per_s,
-    "prefill_tokens_per_s": lambda s: s.prefill_tokens_per_s,
-    "server_decode_tokens_per_s": lambda s: s.server_decode_tokens_per_s,
-    "server_prefill_tokens_per_s": lambda s: s.server_prefill_tokens_per_s,
-}
-"""Per-sample metrics; ``server_*`` are the engine's own figures, the others the client's."""
-
-
 def summarize_samples(samples: Sequence[Sample]) -> dict[str, Summary]:
-    """Summaries of the valid samples, per metric, plus ``itl_s`` over all their gaps."""
-    valid = [s for s in samples if s.valid]
+    """Summaries of the valid samples, per metric of ``metrics.SAMPLE_METRICS``."""
     summaries: dict[str, Summary] = {}
-    for metric, get in SAMPLE_METRICS.items():
-        summary = summarize(v for s in valid if (v := get(s)) is not None)
+    for metric in SAMPLE_METRICS:
+        summary = summarize(sample_values(samples, metric))
         if summary is not None:
             summaries[metric] = summary
-    itl = summarize(gap for s in valid for gap in s.itl_s)
-    if itl is not None:
-        summaries["itl_s"] = itl
     return summaries
 
 
-def error_rate(samples: Sequence[Sample]) -> float:
-    """Share of measured (non-warm-up) requests that failed."""
-    measured = [s for s in samples if not s.warmup]
-    return sum(not s.ok for s in measured) / len(measured) if measured else 0.0
-
-
-Verdict = Literal["pass", "regression", "improvement", "inconclusive"]
+Outcome = Literal["pass", "regression", "improvement", "inconclusive"]
 
 
 @dataclass(frozen=True)
@@ -95,23 +76,21 @@ class Comparison:
     candidate_median: float
     ratio: float  # candidate / baseline
     p_value: float | None
-    verdict: Verdict
+    outcome: Outcome
     higher_is_better: bool
     tolerance: float
     reason: str
+    metric: str = ""  # names the direction words; "" words a change as higher / lower
 
     def describe(self) -> str:
-        """E.g. "1.18x slower (significant, p=0.003)" or "no significant change"."""
-        if self.verdict == "inconclusive":
+        """The verdict: "1.18x slower (significant, p=0.003): regression", "no
+        significant change (...)" or "inconclusive: ..."."""
+        if self.outcome == "inconclusive":
             return f"inconclusive: {self.reason}"
-        if self.verdict == "pass":
+        if self.outcome == "pass":
             return f"no significant change ({self.reason})"
-        factor = self.ratio if self.ratio >= 1 else 1 / self.ratio
-        if self.higher_is_better:  # rates: tokens/s, docs/min
-            word = "faster" if self.ratio > 1 else "slower"
-        else:  # latencies and memory
-            word = "higher" if self.ratio > 1 else "lower"
-        return f"{factor:.2f}x {word} (significant, p={self.p_value:.3g}): {self.verdict}"
+        words = describe_change(self.metric, self.ratio)
+        return f"{words} (significant, p={self.p_value:.3g}): {self.outcome}"
 
 
 def compare(
@@ -122,8 +101,10 @@ def compare(
     tolerance: float = 0.05,
     alpha: float = 0.05,
     min_samples: int = 4,
+    metric: str = "",
 ) -> Comparison:
     """Compare two samples of one metric: pass, regression, improvement or inconclusive.
+    ``metric`` (its name) picks the words of ``describe()``: "slower", "more memory"...
 
     Four values a side is the fewest with which a two-sided Mann-Whitney test can reach
     p < 0.05 (with three, the smallest possible p is 0.1).
@@ -136,9 +117,9 @@ def compare(
     cand_median = float(np.median(cand)) if cand.size else float("nan")
     ratio = cand_median / base_median if base_median else float("nan")
 
-    def result(verdict: Verdict, reason: str, p: float | None = None) -> Comparison:
+    def result(outcome: Outcome, reason: str, p: float | None = None) -> Comparison:
         return Comparison(
-            base_median, cand_median, ratio, p, verdict, higher_is_better, tolerance, reason
+            base_median, cand_median, ratio, p, outcome, higher_is_better, tolerance, reason, metric
         )
 
     if base.size < min_samples or cand.size < min_samples:
@@ -146,13 +127,12 @@ def compare(
             "inconclusive", f"too few samples ({base.size} vs {cand.size}; need {min_samples} each)"
         )
     change = ratio - 1 if higher_is_better else 1 - ratio  # > 0: better
+    words = describe_change(metric, ratio)
     p_value = float(scipy_stats.mannwhitneyu(base, cand, alternative="two-sided").pvalue)
     if abs(change) <= tolerance:
-        return result("pass", f"{ratio:.3f}x, within the {tolerance:.0%} tolerance", p_value)
+        return result("pass", f"{words}, within the {tolerance:.0%} tolerance", p_value)
     if p_value >= alpha:
         return result(
-            "inconclusive",
-            f"{ratio:.3f}x but not significant (p={p_value:.3g} >= {alpha})",
-            p_value,
+            "inconclusive", f"{words} but not significant (p={p_value:.3g} >= {alpha})", p_value
         )
-    return result("improvement" if change > 0 else "regression", f"{ratio:.3f}x", p_value)
+    return result("improvement" if change > 0 else "regression", words, p_value)
