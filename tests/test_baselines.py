@@ -6,14 +6,18 @@ import pytest
 
 from lmgauge.baselines import (
     BaselineFile,
+    BaselineMachine,
     CaseBaseline,
     MetricBaseline,
+    add_runs,
     baseline_path,
     environment_differences,
+    judgeable,
     load_baseline,
     save_baseline,
 )
 from lmgauge.errors import ConfigError
+from lmgauge.machine import Calibration, MachineIdentity
 
 ENV = {
     "model": "qwen3-7b",
@@ -54,6 +58,16 @@ def test_round_trip_and_the_previous_file_is_kept(tmp_path: Path) -> None:
             '{"format": "lmgauge-baseline", "version": 1, "profile": "p", "backend": "b", '
             '"cases": {"c": {"environment": {}, "metrics": {"m": {"values": [1], '
             '"provenance": "guessed"}}}}}',
+            "malformed",
+        ),
+        (
+            '{"format": "lmgauge-baseline", "version": 2, "profile": "p", "backend": "b", '
+            '"machine": {"identity": "", "calibration": null}, "cases": {}}',
+            "malformed",
+        ),
+        (
+            '{"format": "lmgauge-baseline", "version": 2, "profile": "p", "backend": "b", '
+            '"machine": {"identity": "a3f0", "calibration": {"runs": 5}}, "cases": {}}',
             "malformed",
         ),
     ],
@@ -101,3 +115,126 @@ def test_the_shipped_reference_baselines_are_derived_and_say_how(backend: str) -
         assert metric.provenance == "derived"
         assert metric.source.startswith("derived: 400 GB/s x ")
         assert 5 < metric.values[0] < 400
+
+
+HERE = MachineIdentity("9c1b2d3e4f5a6b7c", "/etc/machine-id")
+ELSEWHERE = MachineIdentity("a3f0112233445566", "/etc/machine-id")
+CALIBRATION = Calibration(59.8e9, 0.03, 48e9, 0.02, runs=5)
+SLOW_MEMORY = Calibration(41.2e9, 0.03, 48e9, 0.02, runs=5)
+SHIPPED = Path(__file__).resolve().parent.parent / "baselines"
+
+
+def _runs(decode: float) -> dict[str, tuple[dict[str, object], dict[str, list[float]]]]:
+    return {"case-a": (ENV, {"decode_tokens_per_s": [decode, decode + 1, decode - 1]})}
+
+
+def _record(
+    existing: BaselineFile | None,
+    decode: float,
+    identity: MachineIdentity | None = HERE,
+    calibration: Calibration | None = CALIBRATION,
+) -> BaselineFile:
+    return add_runs(
+        existing,
+        "linux-x86_64-2c-24gb",
+        "llamacpp",
+        _runs(decode),
+        source="test",
+        host={},
+        identity=identity,
+        calibration=calibration,
+    )
+
+
+def test_a_version_1_baseline_loads_with_no_machine_and_is_not_judged() -> None:
+    baseline = load_baseline(baseline_path(SHIPPED, "linux-x86_64-2c-24gb", "llamacpp"))
+    assert baseline is not None
+    assert (baseline.format_version, baseline.machine) == (1, None)
+    assert judgeable(baseline, HERE, CALIBRATION) == (
+        "the baseline records no machine identity (format 1, recorded before lmgauge "
+        "bound baselines to machines): re-record it here with --lmgauge-update-baselines"
+    )
+
+
+def test_a_version_2_baseline_round_trips_with_its_machine(tmp_path: Path) -> None:
+    path = baseline_path(tmp_path, "linux-x86_64-2c-24gb", "llamacpp")
+    recorded = _record(None, 7.0)
+    assert recorded.machine == BaselineMachine(HERE.digest, CALIBRATION)
+    save_baseline(path, recorded)
+    assert load_baseline(path) == recorded
+    assert '"identity": "9c1b2d3e4f5a6b7c"' in path.read_text()
+    assert "/etc/machine-id" not in path.read_text()
+
+
+def test_judgeable_says_why_a_baseline_cannot_be_judged_here() -> None:
+    recorded = _record(None, 7.0)
+    assert judgeable(recorded, HERE, CALIBRATION) is None
+    assert judgeable(recorded, ELSEWHERE, CALIBRATION) == (
+        "the baseline was recorded on another machine (9c1b…, this machine is a3f0…)"
+    )
+    assert judgeable(recorded, HERE, SLOW_MEMORY) == (
+        "this host reads memory 31% slower than when the baseline was recorded (41.2 vs 59.8 GB/s)"
+    )
+    unreadable = MachineIdentity("", "no machine id readable (/etc/machine-id: ...)")
+    assert "this machine has no readable identity (no machine id readable" in (
+        judgeable(recorded, unreadable, CALIBRATION) or ""
+    )
+    uncalibrated = _record(None, 7.0, calibration=None)
+    assert "records no calibration" in (judgeable(uncalibrated, HERE, CALIBRATION) or "")
+    unbound = _record(None, 7.0, identity=None)
+    assert "recorded where none was readable" in (judgeable(unbound, HERE, CALIBRATION) or "")
+
+
+@pytest.mark.parametrize("backend", ["ollama", "lmstudio", "mlx"])
+def test_derived_baselines_stay_reported_never_judged(backend: str) -> None:
+    # judgeable has nothing to bind: judge.py reports derived figures, on any machine.
+    baseline = load_baseline(baseline_path(SHIPPED, "apple-m3-max-128gb", backend))
+    assert baseline is not None
+    assert baseline.machine is None
+    assert judgeable(baseline, HERE, CALIBRATION) is None
+
+
+def test_runs_on_the_same_machine_are_added() -> None:
+    first = _record(None, 7.0)
+    later = Calibration(57.0e9, 0.03, 49e9, 0.02, runs=5)  # within 10%: the same machine
+    second = _record(first, 8.0, calibration=later)
+    assert second.cases["case-a"].metrics["decode_tokens_per_s"].run_medians == (7.0, 8.0)
+    assert second.machine == BaselineMachine(HERE.digest, later)  # the latest calibration
+    kept = _record(second, 9.0, calibration=None)
+    assert kept.machine == second.machine
+
+
+def test_a_run_from_another_machine_is_refused() -> None:
+    first = _record(None, 7.0)
+    with pytest.raises(ConfigError, match=r"recorded on another machine \(9c1b…, this machine"):
+        _record(first, 8.0, identity=ELSEWHERE)
+    with pytest.raises(ConfigError, match="has no readable identity"):
+        _record(first, 8.0, identity=MachineIdentity("", "no machine id readable"))
+    with pytest.raises(ConfigError, match=r"reads memory 31% slower.*record when it is quiet"):
+        _record(first, 8.0, calibration=SLOW_MEMORY)
+
+
+def test_an_unbound_baseline_is_bound_and_its_unknown_runs_dropped() -> None:
+    shipped = load_baseline(baseline_path(SHIPPED, "linux-x86_64-2c-24gb", "llamacpp"))
+    assert shipped is not None
+    derived = CaseBaseline(ENV, {"decode_tokens_per_s": MetricBaseline((30.0,), "derived")})
+    unbound = BaselineFile(
+        shipped.profile,
+        shipped.backend,
+        {**shipped.cases, "case-a": shipped.cases[next(iter(shipped.cases))], "roof": derived},
+        format_version=1,
+    )
+    bound = _record(unbound, 7.0)
+    assert bound.machine == BaselineMachine(HERE.digest, CALIBRATION)
+    assert set(bound.cases) == {"case-a", "roof"}  # measured elsewhere: dropped
+    decode = bound.cases["case-a"].metrics["decode_tokens_per_s"]
+    assert decode.run_medians == (7.0,)  # not pooled with the unknown machine's runs
+    assert bound.cases["roof"] == derived
+    assert judgeable(bound, HERE, CALIBRATION) is None
+
+
+def test_without_an_identity_runs_are_pooled_as_before() -> None:
+    first = _record(None, 7.0, identity=None)
+    second = _record(first, 8.0, identity=None)
+    assert second.machine is None
+    assert second.cases["case-a"].metrics["decode_tokens_per_s"].run_medians == (7.0, 8.0)

@@ -12,6 +12,16 @@ def test_the_probe_measures_a_plausible_bandwidth() -> None:
     assert 1e8 < probe.copy_bytes_per_s < 1e13
     assert probe.threads == 2
     assert "measured here" in probe.describe()
+    # Each run's figure is kept; the headline figure is the best of them.
+    assert len(probe.read_runs_bytes_per_s) == len(probe.copy_runs_bytes_per_s) == 2
+    assert probe.read_bytes_per_s == max(probe.read_runs_bytes_per_s)
+
+
+def test_the_probe_can_skip_the_copy() -> None:
+    probe = probe_bandwidth(buffer_bytes=8 * 2**20, runs=3, threads=1, copy=False)
+    assert len(probe.read_runs_bytes_per_s) == 3
+    assert probe.copy_runs_bytes_per_s == ()
+    assert "copy" not in probe.describe()
 
 
 def test_bad_probe_arguments() -> None:
@@ -57,8 +67,19 @@ def test_macos_details_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         "system_profiler": "      Chipset Model: Apple M3 Max\n      Total Number of Cores: 40\n",
         "pmset": "Now drawing from 'AC Power'\n -InternalBattery-0\nCPU_Speed_Limit = 100\n",
     }
-    monkeypatch.setattr(hardware.platform, "system", lambda: "Darwin")
-    monkeypatch.setattr(hardware, "_run", lambda *command: outputs[command[0]])
+    monkeypatch.setattr("platform.system", lambda: "Darwin")
+    monkeypatch.setattr(hardware, "run_tool", lambda *command: outputs[command[0]])
     host = hardware.fingerprint()
     assert (host.cpu, host.gpu_cores, host.power_source) == ("Apple M3 Max", 40, "AC Power")
     assert host.thermal_state == "CPU_Speed_Limit = 100"
+
+
+def test_power_and_thermal_state_are_not_read_off_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmgauge import hardware
+
+    def spawned(*command: str) -> str:
+        raise AssertionError(f"ran {command}")
+
+    monkeypatch.setattr("platform.system", lambda: "Linux")
+    monkeypatch.setattr(hardware, "run_tool", spawned)
+    assert (hardware.power_source(), hardware.thermal_state()) == (None, None)

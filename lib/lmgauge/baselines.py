@@ -3,14 +3,24 @@
 Format history:
     1 -- first version: per case, its environment and per-metric values with provenance;
          ``run_medians`` (optional) holds one median per recorded run.
+    2 -- ``machine``: the machine that recorded the measured runs (its identity digest,
+         machine.machine_identity) and its latest calibration (machine.calibrate); null
+         when none was known. Version 1 files load with no machine.
 
 Every metric of a case carries its provenance: ``measured`` (raw values from a run on
 that profile), ``derived`` (computed, e.g. a bandwidth roofline times a stated
 efficiency; one value) or ``public`` (a published figure; one value, with its source).
-A baseline is written only when asked (``--update-baselines``), atomically, and the
+A baseline is written only when asked (``--lmgauge-update-baselines``), atomically, and the
 previous file is kept beside it as ``<backend>.json.prev``. Recording again in the same
 environment adds a run (the last ``MAX_RUNS`` are kept): on a noisy machine the spread
 between runs is larger than the spread within one, and a verdict must know it.
+
+Measured runs hold for the machine that recorded them, in the state it was in: two VMs
+of one profile and one CPU name read 1.5-2x apart. So a file is bound to one machine,
+and ``add_runs`` keeps it so (every measured run in a file was recorded on
+``machine.identity``, each with a calibration that agreed with the one before), which
+is why the file stores one machine rather than one per run. ``judgeable`` says whether
+this machine, now, may be judged against a file.
 """
 
 from __future__ import annotations
@@ -27,10 +37,12 @@ from scipy import stats as scipy_stats
 
 from lmgauge.errors import ConfigError
 from lmgauge.files import write_json_atomic
+from lmgauge.machine import Calibration, MachineIdentity, compare_calibration
 
 FORMAT = "lmgauge-baseline"
 MAX_RUNS = 5
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 Provenance = Literal["measured", "derived", "public"]
 ENVIRONMENT_KEYS = (
     "model",
@@ -82,11 +94,32 @@ class CaseBaseline:
 
 
 @dataclass(frozen=True)
+class BaselineMachine:
+    """The machine a file's measured runs were recorded on."""
+
+    identity: str  # MachineIdentity.digest
+    calibration: Calibration | None  # of the latest recorded run; None if not measured
+
+    def to_json(self) -> dict[str, Any]:
+        calibration = self.calibration.to_dict() if self.calibration else None
+        return {"identity": self.identity, "calibration": calibration}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BaselineMachine:
+        identity, calibration = data["identity"], data.get("calibration")
+        if not isinstance(identity, str) or not identity:
+            raise ValueError(f"machine identity {identity!r}")
+        return cls(identity, Calibration.from_dict(calibration) if calibration else None)
+
+
+@dataclass(frozen=True)
 class BaselineFile:
     profile: str
     backend: str
     cases: Mapping[str, CaseBaseline] = field(default_factory=dict)
     host: Mapping[str, Any] = field(default_factory=dict)
+    machine: BaselineMachine | None = None  # None: not known (version 1, derived, public)
+    format_version: int = VERSION  # as read; written as VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +128,7 @@ class BaselineFile:
             "profile": self.profile,
             "backend": self.backend,
             "host": dict(self.host),
+            "machine": self.machine.to_json() if self.machine else None,
             "cases": {
                 case_id: {
                     "environment": dict(case.environment),
@@ -119,14 +153,15 @@ def load_baseline(path: Path) -> BaselineFile | None:
         raise ConfigError(
             f"baseline {path} cannot be read ({exc}); restore it from "
             f"{path.name}.prev or git, or delete it and run with "
-            "--update-baselines"
+            "--lmgauge-update-baselines"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an lmgauge baseline (no format {FORMAT!r})")
-    if data.get("version") != VERSION:
+    version = data.get("version")
+    if version not in READABLE_VERSIONS:
         raise ConfigError(
-            f"baseline {path} has format version {data.get('version')!r}; this "
-            f"lmgauge reads version {VERSION}: upgrade lmgauge or re-record it"
+            f"baseline {path} has format version {version!r}; this lmgauge reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}: upgrade lmgauge or re-record it"
         )
     try:
         cases = {
@@ -148,11 +183,19 @@ def load_baseline(path: Path) -> BaselineFile | None:
             for name, metric in case.metrics.items():
                 if metric.provenance not in ("measured", "derived", "public"):
                     raise ValueError(f"{case_id} {name}: provenance {metric.provenance!r}")
-        return BaselineFile(data["profile"], data["backend"], cases, data.get("host", {}))
+        machine = data.get("machine")
+        return BaselineFile(
+            data["profile"],
+            data["backend"],
+            cases,
+            data.get("host", {}),
+            BaselineMachine.from_json(machine) if machine else None,
+            version,
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(
             f"baseline {path} is malformed ({type(exc).__name__}: {exc}); "
-            "restore it or re-record it with --update-baselines"
+            "restore it or re-record it with --lmgauge-update-baselines"
         ) from exc
 
 
@@ -169,10 +212,38 @@ def add_runs(
     *,
     source: str,
     host: Mapping[str, Any],
+    identity: MachineIdentity | None = None,
+    calibration: Calibration | None = None,
 ) -> BaselineFile:
     """``existing`` with one more recorded run per case in ``runs`` (case id ->
-    environment, metric values). A case whose environment changed starts over."""
+    environment, metric values), recorded on the machine ``identity`` calibrated as
+    ``calibration``. A case whose environment changed starts over.
+
+    A file bound to another machine, or to this one when it calibrates differently now,
+    is refused (ConfigError), never replaced: the file is shared (committed under
+    ``baselines/<profile>/``), and starting it afresh would silently throw away the
+    other machine's runs, or record a busy or hot machine's runs as the baseline. Moving
+    the file away is the deliberate way to record anew. A file bound to no machine
+    (version 1, or recorded where no identity was readable) is bound to this one: its
+    measured runs, from an unknown machine, are dropped, not pooled with this one's; its
+    derived and public figures stay. With no identity (None or an empty digest) the run
+    is recorded unbound, as before version 2, into an unbound file only.
+    """
+    machine = (
+        BaselineMachine(identity.digest, calibration) if identity and identity.digest else None
+    )
+    bound = existing.machine if existing else None
     cases: dict[str, CaseBaseline] = dict(existing.cases) if existing else {}
+    if bound is not None:
+        _check_same_machine(bound, machine, identity)
+        if machine is not None and machine.calibration is None:
+            machine = bound  # keep the calibration there is
+    elif machine is not None:
+        cases = {
+            case_id: CaseBaseline(case.environment, unmeasured)
+            for case_id, case in cases.items()
+            if (unmeasured := {m: b for m, b in case.metrics.items() if b.provenance != "measured"})
+        }
     for case_id, (environment, recorded) in runs.items():
         previous = cases.get(case_id)
         same = previous is not None and not environment_differences(
@@ -183,11 +254,82 @@ def add_runs(
             if not values:
                 continue
             old = previous.metrics.get(metric) if previous is not None and same else None
+            if old is not None and old.provenance != "measured":
+                old = None  # a derived or public figure is not a recorded run
             earlier = () if old is None else (old.run_medians or (statistics.median(old.values),))
             medians = (*earlier, statistics.median(values))[-MAX_RUNS:]
             metrics[metric] = MetricBaseline(tuple(values), "measured", source, medians)
         cases[case_id] = CaseBaseline(dict(environment), metrics)
-    return BaselineFile(profile, backend, cases, dict(host))
+    return BaselineFile(profile, backend, cases, dict(host), machine)
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:4]}…"
+
+
+def _check_same_machine(
+    bound: BaselineMachine, machine: BaselineMachine | None, identity: MachineIdentity | None
+) -> None:
+    move = "move the baseline away (or delete it) and record again with --lmgauge-update-baselines"
+    if machine is None:
+        why = identity.source if identity else "no identity was given"
+        raise ConfigError(
+            f"cannot add a run to a baseline bound to machine {_short(bound.identity)}: this "
+            f"machine has no readable identity ({why})"
+        )
+    if machine.identity != bound.identity:
+        raise ConfigError(
+            f"the baseline was recorded on another machine ({_short(bound.identity)}, this "
+            f"machine is {_short(machine.identity)}): lmgauge neither mixes nor replaces its "
+            f"runs; to record one for this machine, {move}"
+        )
+    if bound.calibration is not None and machine.calibration is not None:
+        reason = compare_calibration(bound.calibration, machine.calibration)
+        if reason:
+            raise ConfigError(
+                f"{reason}: a run recorded now would not match the earlier ones; if the "
+                f"machine is busy or hot, record when it is quiet; if it changed for good, {move}"
+            )
+
+
+def judgeable(
+    baseline_file: BaselineFile, identity: MachineIdentity, calibration_now: Calibration
+) -> str | None:
+    """None when this machine recorded the file's measured runs and calibrates as it did
+    then (or when the file holds no measured run: derived and public figures are
+    reported, never judged, on any machine); else why its runs are reported, not judged."""
+    measured = any(
+        metric.provenance == "measured"
+        for case in baseline_file.cases.values()
+        for metric in case.metrics.values()
+    )
+    if not measured:
+        return None
+    rerecord = "re-record it here with --lmgauge-update-baselines"
+    machine = baseline_file.machine
+    if machine is None:
+        if baseline_file.format_version == 1:
+            return (
+                "the baseline records no machine identity (format 1, recorded before "
+                f"lmgauge bound baselines to machines): {rerecord}"
+            )
+        return (
+            "the baseline records no machine identity (recorded where none was "
+            f"readable): {rerecord}"
+        )
+    if not identity.digest:
+        return (
+            f"this machine has no readable identity ({identity.source}): nothing can be "
+            "judged against a stored baseline"
+        )
+    if identity.digest != machine.identity:
+        return (
+            f"the baseline was recorded on another machine ({_short(machine.identity)}, "
+            f"this machine is {_short(identity.digest)})"
+        )
+    if machine.calibration is None:
+        return f"the baseline records no calibration of its machine: {rerecord}"
+    return compare_calibration(machine.calibration, calibration_now)
 
 
 def environment_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ decode tokens/s <= bandwidth / (active weight bytes + KV bytes read per token).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -56,7 +57,8 @@ class HostFingerprint:
         return f"{self.system.lower()}-{self.machine}-{self.logical_cores}c-{memory_gb}gb"
 
 
-def _run(*command: str) -> str:
+def run_tool(*command: str) -> str:
+    """The standard output of a short system tool (sysctl, pmset, ioreg); "" if it fails."""
     try:
         return subprocess.run(
             command, capture_output=True, text=True, timeout=5, check=False
@@ -79,8 +81,25 @@ def _linux_cpu() -> str:
 def cpu_name() -> str:
     """The CPU model, or the Apple chip ("Apple M3 Max")."""
     if platform.system() == "Darwin":
-        return _run("sysctl", "-n", "machdep.cpu.brand_string").strip() or "unknown"
+        return run_tool("sysctl", "-n", "machdep.cpu.brand_string").strip() or "unknown"
     return _linux_cpu()
+
+
+def power_source() -> str | None:
+    """macOS: "AC Power" or "Battery Power", from ``pmset -g batt``; None elsewhere."""
+    if platform.system() != "Darwin":
+        return None
+    drawing = re.search(r"drawing from '([^']+)'", run_tool("pmset", "-g", "batt"))
+    return drawing.group(1) if drawing else None
+
+
+def thermal_state() -> str | None:
+    """macOS: the CPU speed limit line of ``pmset -g therm`` ("CPU_Speed_Limit = 100");
+    None elsewhere, or where pmset prints no such line."""
+    if platform.system() != "Darwin":
+        return None
+    limit = re.search(r"CPU_Speed_Limit\s*=\s*\d+", run_tool("pmset", "-g", "therm"))
+    return limit.group(0) if limit else None
 
 
 def fingerprint() -> HostFingerprint:
@@ -89,13 +108,10 @@ def fingerprint() -> HostFingerprint:
     cpu, gpu_cores, power, thermal = cpu_name(), None, None, None
     if system == "Darwin":
         cores = re.search(
-            r"Total Number of Cores:\s*(\d+)", _run("system_profiler", "SPDisplaysDataType")
+            r"Total Number of Cores:\s*(\d+)", run_tool("system_profiler", "SPDisplaysDataType")
         )
         gpu_cores = int(cores.group(1)) if cores else None
-        drawing = re.search(r"drawing from '([^']+)'", _run("pmset", "-g", "batt"))
-        power = drawing.group(1) if drawing else None
-        limit = re.search(r"CPU_Speed_Limit\s*=\s*\d+", _run("pmset", "-g", "therm"))
-        thermal = limit.group(0) if limit else None
+        power, thermal = power_source(), thermal_state()
     return HostFingerprint(
         system=system,
         machine=platform.machine(),
@@ -114,7 +130,7 @@ class BandwidthProbe:
     """Memory bandwidth measured here, in bytes per second."""
 
     read_bytes_per_s: float  # best of the runs: sum over a buffer far larger than the caches
-    copy_bytes_per_s: float  # best of the runs: counts the bytes read plus the bytes written
+    copy_bytes_per_s: float  # best of the runs, counting bytes read plus written; nan: not run
     buffer_bytes: int
     runs: int
     threads: int
@@ -123,46 +139,63 @@ class BandwidthProbe:
         "buffer (read), np.copyto between two buffers (read + write); best of the "
         "runs, after one warm-up"
     )
+    read_runs_bytes_per_s: tuple[float, ...] = ()  # each run's figure, in order
+    copy_runs_bytes_per_s: tuple[float, ...] = ()
 
     def describe(self) -> str:
+        copy = (
+            f", copy {self.copy_bytes_per_s / GB:.1f} GB/s"
+            if math.isfinite(self.copy_bytes_per_s)
+            else ""
+        )
         return (
-            f"read {self.read_bytes_per_s / GB:.1f} GB/s, copy {self.copy_bytes_per_s / GB:.1f}"
-            f" GB/s (measured here: {self.threads} threads, best of {self.runs} runs over "
+            f"read {self.read_bytes_per_s / GB:.1f} GB/s{copy} (measured here: "
+            f"{self.threads} threads, best of {self.runs} runs over "
             f"{self.buffer_bytes / 2**20:.0f} MiB)"
         )
 
 
 def probe_bandwidth(
-    buffer_bytes: int = 256 * 2**20, runs: int = 5, threads: int | None = None
+    buffer_bytes: int = 256 * 2**20,
+    runs: int = 5,
+    threads: int | None = None,
+    *,
+    copy: bool = True,
 ) -> BandwidthProbe:
-    """Measure read and copy bandwidth with numpy; takes about a second."""
+    """Measure read and (unless ``copy`` is false) copy bandwidth with numpy; about a
+    second, most of it spent faulting in the buffers' pages."""
     threads = threads or os.cpu_count() or 1
     if buffer_bytes < 2**20 or runs < 1 or threads < 1:
         raise ValueError("probe_bandwidth needs at least 1 MiB, 1 run and 1 thread")
     # An integer sum vectorizes to pure loads; a float32 sum is pairwise and compute-bound
     # (measured here: 32 against 53 GB/s on 2 threads).
     source = np.ones(buffer_bytes // 8, dtype=np.uint64)  # ones: every page is touched
-    target = np.empty_like(source)
+    target = np.empty_like(source) if copy else source
     slices = [
         slice(i * source.size // threads, (i + 1) * source.size // threads) for i in range(threads)
     ]
-    read_best = copy_best = float("inf")
+    reads: list[float] = []
+    copies: list[float] = []
     with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in both loops
         for run in range(runs + 1):
             start = time.perf_counter()
             list(pool.map(lambda part: source[part].sum(), slices))
             middle = time.perf_counter()
-            list(pool.map(lambda part: np.copyto(target[part], source[part]), slices))
+            if copy:
+                list(pool.map(lambda part: np.copyto(target[part], source[part]), slices))
             end = time.perf_counter()
             if run > 0:  # the first run is the warm-up
-                read_best = min(read_best, middle - start)
-                copy_best = min(copy_best, end - middle)
+                reads.append(source.nbytes / (middle - start))
+                if copy:
+                    copies.append(2 * source.nbytes / (end - middle))
     return BandwidthProbe(
-        read_bytes_per_s=source.nbytes / read_best,
-        copy_bytes_per_s=2 * source.nbytes / copy_best,
+        read_bytes_per_s=max(reads),
+        copy_bytes_per_s=max(copies, default=math.nan),
         buffer_bytes=source.nbytes,
         runs=runs,
         threads=threads,
+        read_runs_bytes_per_s=tuple(reads),
+        copy_runs_bytes_per_s=tuple(copies),
     )
 
 

@@ -25,10 +25,12 @@ from lmgauge.baselines import (
     add_runs,
     baseline_path,
     environment_differences,
+    judgeable,
     load_baseline,
     save_baseline,
 )
 from lmgauge.config import ServerConfig, load_settings, request_options
+from lmgauge.errors import ConfigError
 from lmgauge.hardware import (
     HostFingerprint,
     fingerprint,
@@ -42,6 +44,7 @@ from lmgauge.judge import (
     threshold_notes,
     tolerance_for,
 )
+from lmgauge.machine import Calibration, MachineIdentity, calibrate, machine_identity
 from lmgauge.metrics import (
     SAMPLE_METRICS,
     format_value,
@@ -86,6 +89,9 @@ class CheckSession:
     _host: HostFingerprint | None = None
     _config_mismatch: str | None = None
     _extra_sampling_s: dict[Case, float] = field(default_factory=dict)
+    _machine: tuple[MachineIdentity, Calibration] | None = None
+    _not_judged: str | None = None  # why the stored baseline is reported, not judged
+    _judgeable_checked: bool = False
 
     @property
     def profile(self) -> str:
@@ -130,6 +136,32 @@ class CheckSession:
     @property
     def backend_name(self) -> str:
         return self.runner().backend_name
+
+    def machine(self) -> tuple[MachineIdentity, Calibration]:
+        """This machine's identity and a calibration probe (about a second), taken once,
+        when a baseline is compared or recorded."""
+        if self._machine is None:
+            self._machine = (machine_identity(), calibrate())
+        return self._machine
+
+    def not_judged(self) -> str | None:
+        """Why the stored baseline may not judge this run (another machine, a machine that
+        calibrates differently now), or None. Decided once per session."""
+        if not self._judgeable_checked:
+            self._judgeable_checked = True
+            baseline = self.baseline_file()
+            if baseline is not None:
+                identity, calibration = self.machine()
+                self._not_judged = judgeable(baseline, identity, calibration)
+            if self._not_judged:
+                path = baseline_path(self.baselines, self.profile, self.backend_name)
+                self.messages.append(
+                    f"nothing is judged against {path}: {self._not_judged}. To judge on "
+                    "this machine, record a baseline here (run the same command with "
+                    "--lmgauge-update-baselines, three times or more), or compare two "
+                    "configs in one session: --lmgauge-config B.toml --lmgauge-against A.toml"
+                )
+        return self._not_judged
 
     def baseline_file(self) -> BaselineFile | None:
         if not self._baseline_loaded:
@@ -305,7 +337,7 @@ class CheckSession:
             if self._extra_sampling_s.get(case, 0.0) >= self.workload.max_extra_sampling_s:
                 return
             stored = self._stored_metric(case, metric)
-            if stored is None or stored.provenance != "measured":
+            if stored is None or stored.provenance != "measured" or self.not_judged():
                 return
             result = compare(
                 stored.values,
@@ -313,7 +345,7 @@ class CheckSession:
                 higher_is_better=SAMPLE_METRICS[metric][1],
                 tolerance=tolerance_for(stored, self.tolerance)[0],
             )
-            if result.verdict != "inconclusive":
+            if result.outcome != "inconclusive":
                 return
             started = time.perf_counter()
             runner.more_samples(case, min(2, self.workload.max_samples - len(run.samples)))
@@ -335,6 +367,21 @@ class CheckSession:
         stored = None if stored_case is None else stored_case.metrics.get(metric)
         if stored_case is None or stored is None:
             return Judgement()
+        why = self.not_judged() if stored.provenance == "measured" else None
+        if why:
+            median = statistics.median(stored.values)
+            ratio = statistics.median(values) / median if median else None
+            return Judgement(
+                baseline=f"{format_value(metric, median)} (measured elsewhere)",
+                verdict=f"{ratio or float('nan'):.2f}x the stored baseline; reported, not "
+                f"judged: {why}",
+                outcome="not judged",
+                baseline_value=median,
+                baseline_provenance=stored.provenance,
+                baseline_source=stored.source,
+                baseline_values=stored.values,
+                ratio=ratio,
+            )
         # While recording, this run becomes part of the baseline: its difference from the
         # earlier runs is the run-to-run noise being measured, not a regression.
         found: list[str] = []
@@ -402,9 +449,23 @@ class CheckSession:
         path = baseline_path(self.baselines, self.profile, self.backend_name)
         existing = self.baseline_file()
         source = f"measured on {self.profile} by lmgauge {__version__}, {time.strftime('%F')}"
-        baseline = add_runs(
-            existing, self.profile, self.backend_name, runs, source=source, host=vars(self.host())
-        )
+        identity, calibration = self.machine()
+        try:
+            baseline = add_runs(
+                existing,
+                self.profile,
+                self.backend_name,
+                runs,
+                source=source,
+                host=vars(self.host()),
+                identity=identity,
+                calibration=calibration,
+            )
+        except ConfigError as exc:
+            self.messages.append(f"baseline NOT written: {exc}")
+            if self.report is not None:
+                self.report.note(f"baseline NOT written: {exc}")
+            return
         save_baseline(path, baseline)
         kept = f" (previous kept as {path.name}.prev)" if existing else ""
         self.messages.append(f"baseline written: {path}{kept}")
