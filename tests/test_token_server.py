@@ -1,15 +1,20 @@
 """The calibrated token server: both protocols as lmgauge's own backends read them, the
-schedule it keeps and records, its faults, and its loopback-only rule."""
+schedule it keeps and records (with its slowdown, drift and noise), its faults, and its
+loopback-only rule."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import math
 import re
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -23,8 +28,8 @@ from lmgauge.measure import Sample, measure_one
 from lmgauge.testing import Fault, Schedule, TokenServer, control, records, serve_in_thread
 from lmgauge.testing.encoders import word
 from lmgauge.testing.fidelity import Burst, StampedBackend, compare
-from lmgauge.testing.serving import serve_in_process
-from lmgauge.testing.token_server import main
+from lmgauge.testing.serving import schedule_args, serve_in_process
+from lmgauge.testing.token_server import main, schedule_from_args, setup_arg_parser
 
 MODEL = "qwen3:0.6b"
 SCHEDULE = Schedule(ttft_s=0.030, itl_s=0.010, jitter_s=0.002, max_tokens=None, seed=7)
@@ -332,3 +337,167 @@ def test_only_loopback_is_served(host: str) -> None:
         main(["--host", host])
     for loopback in ("127.0.0.1", "::1", "localhost"):
         TokenServer(host=loopback)
+
+
+def test_the_factor_is_slowdown_times_drift_times_noise() -> None:
+    drift = Schedule(drift_amplitude=0.2, drift_period_s=180, drift_epoch=1000.0)
+    assert drift.drift(1000.0) == 1.0  # sin(0)
+    assert drift.drift(1000.0 + 45) == pytest.approx(1.2)  # a quarter period on
+    assert drift.drift(1000.0 + 135) == pytest.approx(0.8)
+    assert drift.drift(1000.0 + 180 + 45) == pytest.approx(1.2)  # periodic
+    swing = [drift.drift(1000.0 + t / 10) for t in range(3600)]
+    assert 0.8 - 1e-12 <= min(swing) < 0.801
+    assert 1.2 + 1e-12 >= max(swing) > 1.199
+    assert dataclasses.replace(drift, drift_phase=math.pi / 2).drift(1000.0) == pytest.approx(1.2)
+    both = dataclasses.replace(drift, slowdown=1.05, noise_sd=0.1, seed=3)
+    for index, t in enumerate((1000.0, 1033.3, 1100.0)):
+        expected = 1.05 * drift.drift(t) * both.noise(index)
+        assert both.factor(index, t) == pytest.approx(expected, rel=1e-15)
+    assert Schedule().factor(3, 12_345.0) == 1.0  # all off by default
+    assert Schedule(slowdown=1.05).factor(3, 12_345.0) == 1.05
+
+
+def test_noise_is_log_normal_and_replayed_per_request() -> None:
+    noisy = Schedule(noise_sd=0.1, seed=5)
+    draws = [noisy.noise(index) for index in range(2000)]
+    assert draws == [noisy.noise(index) for index in range(2000)]
+    assert draws != [dataclasses.replace(noisy, seed=6).noise(index) for index in range(2000)]
+    assert statistics.median(draws) == pytest.approx(1.0, abs=0.02)
+    assert statistics.stdev(math.log(d) for d in draws) == pytest.approx(0.1, rel=0.1)
+    jittery = Schedule(jitter_s=0.002, seed=5)  # the noise leaves the jitter draws alone
+    scaled = [o * noisy.noise(3) for o in jittery.offsets(3, 10)]
+    with_noise = dataclasses.replace(jittery, noise_sd=0.1)
+    assert with_noise.offsets(3, 10, with_noise.factor(3, 0.0)) == scaled
+
+
+def test_a_slowdown_scales_every_offset_exactly() -> None:
+    base = Schedule(ttft_s=0.03, itl_s=0.01, jitter_s=0.002, seed=7)
+    slow = dataclasses.replace(base, slowdown=1.05)
+    for index in range(5):
+        at = 1234.5 + index
+        assert base.offsets(index, 50, base.factor(index, at)) == base.offsets(index, 50)
+        expected = [1.05 * offset for offset in base.offsets(index, 50)]
+        assert slow.offsets(index, 50, slow.factor(index, at)) == expected
+
+
+def test_two_processes_given_one_epoch_drift_together() -> None:
+    """The factor is a pure function of the arrival time: a second process, given the same
+    schedule on its command line, computes the very same factor for the same instant."""
+    schedule = Schedule(
+        drift_amplitude=0.2,
+        drift_period_s=180,
+        drift_epoch=time.perf_counter() - 30,
+        drift_phase=0.3,
+        noise_sd=0.05,
+        slowdown=1.05,
+        seed=2,
+    )
+    code = (
+        "import sys; from lmgauge.testing.token_server import schedule_from_args as s, "
+        "setup_arg_parser as p; schedule = s(p().parse_args(sys.argv[1:])); "
+        "print(repr(schedule.factor(4, float(input()))))"
+    )
+    instant = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, "-c", code, *schedule_args(schedule)],
+        input=repr(instant),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(child.stdout) == schedule.factor(4, instant)
+    assert float(child.stdout) != schedule.factor(4, instant + 10)
+
+
+def test_the_command_line_takes_the_factor() -> None:
+    flags = ["--slowdown", "1.05", "--drift-amplitude", "0.2", "--drift-period-s", "180"]
+    flags += ["--drift-epoch", "12.5", "--drift-phase", "1", "--noise-sd", "0.03"]
+    schedule = schedule_from_args(setup_arg_parser().parse_args(flags))
+    assert (schedule.slowdown, schedule.drift_amplitude, schedule.drift_period_s) == (
+        1.05,
+        0.2,
+        180.0,
+    )
+    assert (schedule.drift_epoch, schedule.drift_phase, schedule.noise_sd) == (12.5, 1.0, 0.03)
+    assert schedule_from_args(setup_arg_parser().parse_args([])) == Schedule()  # all off
+    again = setup_arg_parser().parse_args(schedule_args(schedule))
+    assert schedule_from_args(again) == schedule
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("drift_amplitude", 1.0),
+        ("drift_amplitude", -0.1),
+        ("drift_period_s", 0.0),
+        ("drift_period_s", -180.0),
+        ("slowdown", 0.0),
+        ("slowdown", -1.05),
+        ("slowdown", math.inf),
+        ("noise_sd", -0.01),
+        ("drift_phase", math.nan),
+    ],
+)
+def test_bad_factor_values_are_refused(name: str, value: float) -> None:
+    change: dict[str, Any] = {name: value}
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        dataclasses.replace(Schedule(), **change)
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        Schedule.from_json({name: value})
+    with pytest.raises(SystemExit, match=f"error: {name} must be"):
+        main([f"--{name.replace('_', '-')}", repr(value)])
+
+
+def test_the_factor_is_set_at_run_time(server: TokenServer) -> None:
+    assert server.schedule.drift_epoch == server.started_s  # unset: the server's start
+    change = {"slowdown": 2, "drift_amplitude": 0.1, "drift_period_s": 60, "noise_sd": 0.01}
+    answer = control(server.url, "config", change)
+    assert {key: answer[key] for key in change} == change
+    assert answer["drift_epoch"] == server.started_s
+    assert control(server.url, "config", {"drift_epoch": 5.0})["drift_epoch"] == 5.0
+    assert control(server.url, "config", {"drift_epoch": None})["drift_epoch"] == server.started_s
+    refused = httpx.post(f"{server.url}/_lmgauge/config", json={"drift_amplitude": 1}, timeout=10)
+    assert refused.status_code == 400
+    assert "drift_amplitude must be" in refused.text
+    body = {"model": MODEL, "prompt": "p", "stream": True, "options": {"num_predict": 3}}
+    httpx.post(f"{server.url}/api/generate", json=body, timeout=10).raise_for_status()
+    [record] = records(server.url)
+    assert record.factor == server.schedule.factor(0, record.received_s)
+    assert 2 * 0.9 * 0.9 < record.factor < 2 * 1.1 * 1.1
+    offsets = [due - record.received_s for due in record.due_s]
+    expected = SCHEDULE.offsets(0, 3, record.factor)
+    assert offsets == pytest.approx(expected, rel=1e-9)
+
+
+def test_two_arms_share_one_drift_and_b_is_slower_by_its_slowdown() -> None:
+    """Arms A and B (slowdown 1.5) in two processes given one drift epoch, near the drift's
+    crest: every request's factor is the pure function of its arrival, and B's recorded
+    TTFTs are 1.5x A's (loose bounds: the server may be late on a busy machine)."""
+    arm_a = Schedule(
+        ttft_s=0.080,
+        itl_s=0.002,
+        drift_amplitude=0.2,
+        drift_period_s=600,
+        drift_epoch=time.perf_counter(),
+        drift_phase=math.pi / 2,  # the crest, 1.2x, at the epoch
+    )
+    arm_b = dataclasses.replace(arm_a, slowdown=1.5)
+    body = {"model": MODEL, "stream": True, "options": {"num_predict": 2}}
+    with serve_in_process(schedule=arm_a) as url_a, serve_in_process(schedule=arm_b) as url_b:
+        for round_ in range(5):  # interleaved: a pair arrives within the same drift
+            for url in (url_a, url_b):
+                request = {**body, "prompt": f"round {round_}"}
+                httpx.post(f"{url}/api/generate", json=request, timeout=10).raise_for_status()
+        sent = {url_a: records(url_a), url_b: records(url_b)}
+    for url, arm in ((url_a, arm_a), (url_b, arm_b)):
+        assert [r.prompt for r in sent[url]] == [f"round {k}" for k in range(5)]
+        for index, record in enumerate(sent[url]):
+            assert record.factor == arm.factor(index, record.received_s)  # exactly
+            assert 1.1 < record.factor / arm.slowdown <= 1.2
+            ttft = record.due_s[0] - record.received_s
+            assert ttft == pytest.approx(0.080 * record.factor, rel=1e-9)
+    ratios = [
+        (b.write_s[0] - b.received_s) / (a.write_s[0] - a.received_s)
+        for a, b in zip(sent[url_a], sent[url_b], strict=True)
+    ]
+    assert 1.3 < statistics.median(ratios) < 1.7, ratios

@@ -36,6 +36,19 @@ def control(url: str, what: str, body: dict[str, Any] | None = None) -> Any:
     return answer.raise_for_status().json()
 
 
+def schedule_args(schedule: Schedule) -> list[str]:
+    """The token server's command-line arguments for ``schedule`` (floats as exact reprs)."""
+    args = ["--ttft-ms", repr(schedule.ttft_s * 1000), "--itl-ms", repr(schedule.itl_s * 1000)]
+    args += ["--jitter-ms", repr(schedule.jitter_s * 1000), "--seed", str(schedule.seed)]
+    if schedule.max_tokens is not None:
+        args += ["--tokens", str(schedule.max_tokens)]
+    for name in ("slowdown", "drift_amplitude", "drift_period_s", "drift_phase", "noise_sd"):
+        args += [f"--{name.replace('_', '-')}", repr(float(getattr(schedule, name)))]
+    if schedule.drift_epoch is not None:
+        args += ["--drift-epoch", repr(float(schedule.drift_epoch))]
+    return args
+
+
 @contextlib.contextmanager
 def serve_in_thread(
     schedule: Schedule | None = None, fault: Fault | None = None
@@ -71,9 +84,13 @@ def serve_in_thread(
 
 
 @contextlib.contextmanager
-def serve_in_process(*args: str, startup_s: float = 20.0) -> Iterator[str]:
-    """The server in a child process, given these command-line arguments; yields its URL."""
-    command = [sys.executable, "-m", "lmgauge.testing.token_server", "--port", "0", *args]
+def serve_in_process(
+    *args: str, schedule: Schedule | None = None, startup_s: float = 20.0
+) -> Iterator[str]:
+    """The server in a child process, given ``schedule`` (as ``schedule_args``) and then these
+    command-line arguments (which win); yields its URL."""
+    given = schedule_args(schedule) if schedule is not None else []
+    command = [sys.executable, "-m", "lmgauge.testing.token_server", "--port", "0", *given, *args]
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a full pipe would block it
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
         stdout = process.stdout

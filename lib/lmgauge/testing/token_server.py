@@ -11,7 +11,8 @@ GIL distorts both; ``serving.serve_in_thread`` is for functional tests only. Loo
 Control endpoints: ``GET /_lmgauge/schedule`` (the send records), ``GET /_lmgauge/status``
 (its pid and CPU time so far), ``POST /_lmgauge/reset``
 (clears them and restarts the request index), ``POST /_lmgauge/config`` (a new schedule:
-``ttft_ms``, ``itl_ms``, ``jitter_ms``, ``tokens``, ``seed``; also resets),
+``ttft_ms``, ``itl_ms``, ``jitter_ms``, ``tokens``, ``seed``, ``slowdown``, ``drift_amplitude``,
+``drift_period_s``, ``drift_epoch``, ``drift_phase``, ``noise_sd``; also resets),
 ``POST /_lmgauge/fault`` (a Fault as JSON for the next generation requests; ``{}`` clears).
 A request is matched to its record by its prompt (the last message of a chat) or by the
 ``X-Request-Id`` header, which is also the OpenAI ``id``.
@@ -71,6 +72,7 @@ class TokenServer:
         fault: Fault | None = None,
     ) -> None:
         check_loopback(host)
+        self.started_s = time.perf_counter()  # the drift's epoch unless the schedule names one
         self.schedule = schedule or Schedule()
         self.fault = fault
         self.host, self.port = host, port
@@ -78,6 +80,16 @@ class TokenServer:
         self.loaded: dict[str, int] = {}  # Ollama model -> context length
         self._index = 0
         self._server: asyncio.Server | None = None
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule: Schedule) -> None:
+        if schedule.drift_epoch is None:
+            schedule = dataclasses.replace(schedule, drift_epoch=self.started_s)
+        self._schedule = schedule
 
     @property
     def url(self) -> str:
@@ -226,8 +238,10 @@ class TokenServer:
         index, self._index = self._index, self._index + 1
         request_id = f"lmgauge-{index}"
         n = self.schedule.tokens(asked if isinstance(asked, int) else None)
-        due = [received + offset for offset in self.schedule.offsets(index, n)]
+        factor = self.schedule.factor(index, received)
+        due = [received + offset for offset in self.schedule.offsets(index, n, factor)]
         record = SendRecord(request_id, request.path, model, prompt, received, due)
+        record.factor = factor
         self.records.append(record)
         fault, prompt_tokens = self._take_fault(), len(prompt.split())
         if fault is not None:
@@ -302,6 +316,19 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--tokens", type=int, default=None, help="cap on tokens per request")
     parser.add_argument("--seed", type=int, default=0)
+    factor = parser.add_argument_group("every timing of a request multiplied by a factor")
+    factor.add_argument("--slowdown", type=float, default=1.0, help="1.05: 5%% slower")
+    factor.add_argument("--drift-amplitude", type=float, default=0.0, help="0.2: +-20%%")
+    factor.add_argument("--drift-period-s", type=float, default=180.0)
+    factor.add_argument(
+        "--drift-epoch",
+        type=float,
+        default=None,
+        help="a perf_counter() time (CLOCK_MONOTONIC): servers given one drift together; "
+        "default: this server's start",
+    )
+    factor.add_argument("--drift-phase", type=float, default=0.0, help="radians")
+    factor.add_argument("--noise-sd", type=float, default=0.0, help="per request, in log space")
     faults = parser.add_argument_group("faults, for the first --fault-count generation requests")
     faults.add_argument("--fault-count", type=int, default=1)
     faults.add_argument("--fault-status", type=int, default=None, help="answer this status")
@@ -312,9 +339,23 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    schedule = Schedule(args.ttft_ms / 1000, args.itl_ms / 1000, args.jitter_ms / 1000)
-    schedule = dataclasses.replace(schedule, max_tokens=args.tokens, seed=args.seed)
+def schedule_from_args(args: argparse.Namespace) -> Schedule:
+    return Schedule(
+        args.ttft_ms / 1000,
+        args.itl_ms / 1000,
+        args.jitter_ms / 1000,
+        max_tokens=args.tokens,
+        seed=args.seed,
+        slowdown=args.slowdown,
+        drift_amplitude=args.drift_amplitude,
+        drift_period_s=args.drift_period_s,
+        drift_epoch=args.drift_epoch,
+        drift_phase=args.drift_phase,
+        noise_sd=args.noise_sd,
+    )
+
+
+async def _serve(args: argparse.Namespace, schedule: Schedule) -> None:
     fault = Fault(
         args.fault_count,
         args.fault_status,
@@ -340,9 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     args = setup_arg_parser().parse_args(argv)
     try:
         check_loopback(args.host)
+        schedule = schedule_from_args(args)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    asyncio.run(_serve(args))
+    asyncio.run(_serve(args, schedule))
 
 
 if __name__ == "__main__":
