@@ -3,7 +3,8 @@
 Format history:
     1 -- first version: environment, then per case its raw samples, the values of every
          metric, their summaries, and the verdict rows with the baseline figures and
-         their provenance.
+         their provenance. Optional per case: ``paired`` (a paired A/B run: arms, rounds,
+         per-metric intervals), added without a version bump since readers ignore it.
 
 The file is rewritten atomically (temp file + rename) each time a sample is measured or
 a verdict reached, so at every moment it is one valid JSON document holding everything
@@ -168,6 +169,13 @@ class ReportWriter:
         record["derived"] = dict(derived or {})
         record["verdicts"] = previous.get("verdicts", [])
         self.data["cases"][run.case.id] = record
+        self.flush()
+
+    def record_paired(self, case_id: str, paired: Mapping[str, Any]) -> None:
+        """A paired A/B case (paired_gate.py): its arms, rounds and per-metric intervals;
+        the case's own record holds arm B's samples."""
+        case = self.data["cases"].setdefault(case_id, {"verdicts": []})
+        case["paired"] = dict(paired)
         self.flush()
 
     def record_verdict(self, row: Row) -> None:

@@ -23,9 +23,11 @@ from lmgauge.batcher import Batch, Batcher, BatchRequest
 from lmgauge.catalog import GB, SEED_LABELS, resolve_model, resolve_quant
 from lmgauge.errors import ContextTooLargeError, InsufficientResourcesError, LmgaugeError
 from lmgauge.hardware import cpu_name
+from lmgauge.machine import DisturbanceMonitor
 from lmgauge.measure import Sample, measure, measure_one
 from lmgauge.planner import estimate_memory
 from lmgauge.scenarios import ANSWER_TOKENS, COUNT, PROMPT_TOKENS, ScenarioResult, run_scenario
+from lmgauge.server_env import find_server_process
 from lmgauge.workload import exact_prompt
 
 DEFAULT_MATRIX: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = {
@@ -36,6 +38,9 @@ DEFAULT_MATRIX: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...
     "servers": (SEED_LABELS, ("Q4_K_M", "Q8_0"), (4096, 16384, 32768)),
 }
 HEAVY_PARAMS = 1e9  # on the embedded engine, a case above this is marked `heavy`
+IN_PROCESS = ("llamacpp", "mlx")
+SERVER_NAMES = ("ollama", "lms", "LM Studio", "llama-server", "python", "python3", "Python")
+"""Names of server processes, looked for when none listens visibly on the server's port."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Workload:
     max_extra_sampling_s: float = 45.0  # and its time budget per case
     warmups: int = 1
     threads: int | None = None
+    disturbance_limit: float = 0.25  # other processes' CPU share that voids a sample
 
 
 @dataclass
@@ -137,6 +143,10 @@ class Runner:
         self._backend: Backend | None = None
         self._runs: dict[Case, CaseRun] = {}
         self._models: dict[Case, str] = {}
+        self.server_pids: Callable[[], Sequence[int]] | None = None
+        """The server's processes (a managed server sets this); else found on first use."""
+        self._found_pids: tuple[int, ...] | None = None
+        self.guard_note: str | None = None  # why samples are not checked for disturbance
 
     @property
     def backend(self) -> Backend:
@@ -157,13 +167,73 @@ class Runner:
             self._runs[case] = self._measure(case)
         return self._runs[case]
 
-    def more_samples(self, case: Case, count: int) -> None:
-        """Draw ``count`` more samples for ``case`` (sequential sampling)."""
+    def more_samples(
+        self, case: Case, count: int, *, warmups: int = 0, seed_offset: int = 0
+    ) -> list[Sample]:
+        """Draw ``count`` more samples for ``case`` (sequential sampling, paired rounds),
+        after ``warmups`` unmeasured requests; returns the new ones, warm-ups included.
+        ``seed_offset`` keeps two arms' prompts apart, so one arm never reuses a prompt
+        the other left in a server's cache."""
         run = self.run(case)
         if run.skipped or run.error:
-            return
+            return []
         self._ensure_loaded(case)
-        self._sample_into(run, count, warmups=0, first=len(run.samples))
+        before = len(run.samples)
+        self._sample_into(run, count, warmups=warmups, first=seed_offset + before)
+        return run.samples[before:]
+
+    def prepare(self, case: Case) -> CaseRun:
+        """Load ``case``'s model and record its environment, measuring nothing yet (the
+        paired gate measures in rounds). Returns the (possibly skipped or failed) run."""
+        if case not in self._runs:
+            self._runs[case] = self._measure(case, samples=0)
+        return self._runs[case]
+
+    def _pids_of_the_server(self) -> tuple[int, ...] | None:
+        """The processes whose CPU use is the measurement's own: none besides this one for
+        an in-process engine; the server's for a server. None where the server cannot be
+        found: then other processes cannot be told from it, and the guard is off."""
+        if self.server_pids is not None:
+            return tuple(self.server_pids())
+        if self.backend_name in IN_PROCESS:
+            return ()
+        if self._found_pids is None:
+            try:
+                url = self._base_url or backends.DEFAULT_URLS.get(self.backend_name, "")
+                self._found_pids = (find_server_process(url, names=SERVER_NAMES).pid,)
+            except (LookupError, PermissionError) as exc:
+                self._found_pids = ()
+                self.guard_note = (
+                    f"the {self.backend_name} server's process was not found ({exc}): its CPU "
+                    "use cannot be told from other processes', so samples are not checked "
+                    "for disturbance"
+                )
+        return self._found_pids or None
+
+    def load(self, case: Case) -> LoadResult:
+        """Load ``case``'s model with this runner's settings (timed by the backend)."""
+        return self._ensure_loaded(case)
+
+    def memory(self) -> MemoryReport:
+        """The backend's memory reading now; a failed reading says why instead."""
+        try:
+            return self._loop.run(self.backend.memory())
+        except LmgaugeError as exc:
+            return MemoryReport(source=f"not read: {type(exc).__name__}: {exc}")
+
+    def unload(self, case: Case) -> None:
+        """Unload ``case``'s model, so the next sample loads it again (an arm switch)."""
+        if case in self._models:
+            self._loop.run(self.backend.unload(self._model_name(case)))
+
+    def reset_backend(self, base_url: str | None = None) -> None:
+        """Drop the backend client (its connections died with a restarted server); the
+        next call makes a new one, at ``base_url`` where given."""
+        if self._backend is not None:
+            self._loop.run(self._backend.aclose())
+            self._backend = None
+        if base_url is not None:
+            self._base_url = base_url
 
     def throughput(self, case: Case, concurrency: int) -> CaseRun:
         """Aggregate output tokens/s with ``concurrency`` requests in flight, submitted
@@ -226,7 +296,8 @@ class Runner:
             return count_tokens  # type: ignore[no-any-return]
         return lambda text: len(text.split())
 
-    def _measure(self, case: Case) -> CaseRun:
+    def _measure(self, case: Case, samples: int | None = None) -> CaseRun:
+        count = self.workload.samples if samples is None else samples
         run = CaseRun(case)
         estimate = estimate_memory(case.label, case.quantization, case.context_tokens)
         memory = psutil.virtual_memory()
@@ -241,12 +312,10 @@ class Runner:
             run.load = self._ensure_loaded(case)
             run.environment = self._environment(case)
             self.on_update(run)
-            self.progress(f"{case.id}: measuring {self.workload.samples} samples")
-            self._sample_into(run, self.workload.samples, self.workload.warmups, 0)
-            try:  # the samples stand even when the memory reading fails
-                run.memory = self._loop.run(self.backend.memory())
-            except LmgaugeError as exc:
-                run.memory = MemoryReport(source=f"not read: {type(exc).__name__}: {exc}")
+            if count:
+                self.progress(f"{case.id}: measuring {count} samples")
+                self._sample_into(run, count, self.workload.warmups, 0)
+            run.memory = self.memory()  # the samples stand even when this reading fails
         except InsufficientResourcesError as exc:
             run.skipped = str(exc)
         except LmgaugeError as exc:
@@ -326,10 +395,26 @@ class Runner:
         requests = self._requests(run.case, range(first, first + warmups + count))
         exact = callable(getattr(self.backend, "count_tokens", None))
 
+        pids = self._pids_of_the_server()
+        monitor = DisturbanceMonitor(extra_pids=pids or ())
+
         def keep(sample: Sample) -> None:
+            # Each sample is watched: one measured while other processes took the CPU is
+            # kept, with the reason, and stays out of every summary and verdict.
+            disturbance = monitor.stop()
+            metadata = {**sample.metadata, "other_cpu_share": disturbance.other_cpu_share}
+            why = (
+                disturbance.disturbed(self.workload.disturbance_limit) if pids is not None else None
+            )
+            if why and sample.invalid_reason is None and sample.ok:
+                sample = replace(sample, invalid_reason=f"disturbed: {why}", metadata=metadata)
+            else:
+                sample = replace(sample, metadata=metadata)
             run.samples.append(sample)
             self.on_update(run)
+            monitor.start()  # the next request starts as soon as this returns
 
+        monitor.start()
         self._loop.run(
             measure(
                 self.backend,
