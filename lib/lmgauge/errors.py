@@ -23,7 +23,8 @@ Each message names the thing at fault and the fix.
         ├── ServerError             an HTTP error status; the message has the body's first line
         ├── ModelNotFoundError      the server or the disk has no such model
         ├── ModelFileError          a model file that exists but cannot be loaded (corrupt)
-        └── OutOfMemoryError        the engine could not allocate what the model needs
+        ├── OutOfMemoryError        the engine could not allocate what the model needs
+        └── ServerStartError        a server lmgauge started exited or never became ready
 """
 
 from __future__ import annotations
@@ -111,3 +112,8 @@ class ModelFileError(BackendError):
 
 class OutOfMemoryError(BackendError):
     """The engine could not allocate the memory the model needs."""
+
+
+class ServerStartError(BackendError):
+    """A server lmgauge started itself exited, could not be run, or did not answer its
+    readiness probe in time; the message has the command and the last lines of its log."""
