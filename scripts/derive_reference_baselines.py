@@ -2,10 +2,12 @@
 
     .venv/bin/python scripts/derive_reference_baselines.py
 
-No public measurement of Qwen3 on an M3 Max exists (FACTS.md), so each number is
-derived: bandwidth x efficiency / bytes read per decoded token (active weights + the KV
-cache at the middle of the context). The efficiency is calibrated on public anchors in
-FACTS.md, per engine and weight format; every number says so in its ``source``. Replace
+No public measurement of Qwen3 on an M3 Max was found (not in ggml-org/llama.cpp
+discussion 4167, XiongjieDai/GPU-Benchmarks-on-LLM-Inference or mlx-lm BENCHMARKS.md), so
+each number is derived: bandwidth x efficiency / bytes read per decoded token (active
+weights + the KV cache at the middle of the context). The efficiency is calibrated on
+public anchors from those three, per engine and weight format; every number says so in
+its ``source``. Replace
 them with measured ones (``--lmgauge-update-baselines`` on the machine) as soon as someone can.
 """
 
@@ -22,7 +24,7 @@ BANDWIDTH = REFERENCE_PROFILES[PROFILE].bandwidth_bytes_per_s
 CONTEXTS = (4096, 16384, 32768)
 
 # Share of the memory bandwidth a decoder reaches: public decode speed x bytes per token
-# / bandwidth, from FACTS.md's anchors.
+# / bandwidth, from the public anchor named beside each entry.
 GGUF_EFFICIENCY = {
     # Llama-3 8B Q4_K_M, M3 Max 40-core: 48.97 t/s x 4.91 GB / 400 GB/s (XiongjieDai)
     "Q4_K_M": (0.60, "Llama-3-8B Q4_K_M 48.97 t/s on M3 Max"),
@@ -36,7 +38,8 @@ MLX_EFFICIENCY = {
 }
 # Qwen3-30B-A3B on M4 Max (mlx-lm): q4 113.3 t/s over 1.89 GB active -> 0.39, q8 83.2 t/s
 # over 3.56 GB -> 0.54: 0.70x and 0.80x of the dense shares; the lower is used.
-# The M4 Max figures assume the 40-core GPU variant (546 GB/s); FACTS.md does not say.
+# The M4 Max figures assume the 40-core GPU variant (546 GB/s); mlx-lm BENCHMARKS.md does
+# not say which variant it ran on.
 MOE_FACTOR = (0.70, "mlx-lm Qwen3-30B-A3B q4 113.3 / q8 83.2 t/s on M4 Max vs dense Qwen3-4B")
 
 

@@ -15,7 +15,8 @@ from lmgauge.catalog import (
 )
 from lmgauge.errors import ConfigError, UnknownModelError, UnknownQuantizationError
 
-# FACTS.md: "KV f16 per token" column, in KiB.
+# f16 KV bytes per token, in KiB: 2 (K and V) x layers x KV heads x head_dim x 2 B, from
+# each model's config.json (Qwen/Qwen3-*, Qwen/Qwen2.5-7B-Instruct on Hugging Face).
 KV_F16_KIB = {
     "qwen3-0.6b": 112,
     "qwen3-1.7b": 112,
@@ -103,7 +104,7 @@ def test_unknown_quantization_suggests_the_closest() -> None:
 
 def test_weight_bytes_follow_bits_per_weight() -> None:
     entry = resolve_model("qwen3-8b")
-    # FACTS.md: Qwen3-8B at Q4_K_M ~ 8.19e9 * 4.89 / 8 = 5.0 GB
+    # 8.19e9 params x 4.89 bpw (Q4_K_M, llama.cpp tools/quantize/README.md) / 8 = 5.0 GB
     assert entry.weight_bytes("Q4_K_M") == pytest.approx(5.0e9, rel=0.01)
     assert entry.weight_bytes("Q8_0") > entry.weight_bytes("Q4_K_M")
 

@@ -1,5 +1,7 @@
 """Server configs and their linter: on the planning documents' own settings it flags every
-fictional one and none of the real ones (FACTS.md is the reference)."""
+fictional one and none of the real ones (the reference: Ollama envconfig/config.go and
+api/types.go, lmstudio-js LLMLoadModelConfig, mlx-lm mlx_lm/server.py, llama-cpp-python's
+Llama parameters; see lmgauge.settings_registry)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from lmgauge.testing import records, serve_in_process
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_ollama import FakeModel, FakeOllama
+from waiting import wait_until
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 SSE = (
@@ -167,7 +168,11 @@ async def test_connections_are_kept_alive_and_reused() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_kept_alive_socket_the_server_closed_is_retried_once() -> None:
+async def test_an_idle_socket_the_server_closed_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pooled_now, closed = asyncio.Event(), asyncio.Event()
+
     async def one_answer_then_close(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
     ) -> None:
@@ -175,17 +180,86 @@ async def test_a_kept_alive_socket_the_server_closed_is_retried_once() -> None:
         body = chunked(SSE)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
         await writer.drain()
-        await asyncio.sleep(0.05)  # then it closes the idle connection, as servers do
+        await pooled_now.wait()
+        writer.close()  # then it closes the idle connection, as servers do
+        await writer.wait_closed()
+        closed.set()
 
     async with scripted(one_answer_then_close) as (url, accepted):
         backend = OpenAIBackend(url)
+        lean = backend._lean
+        assert lean is not None
         try:
             assert len(await texts(backend)) == 4
-            await asyncio.sleep(0.1)
+            [pooled] = lean._idle
+            pooled_now.set()
+            await asyncio.wait_for(closed.wait(), 5)
+            await wait_until(lambda: not pooled.usable, what="the client seeing the close")
+            sent_on_it: list[bytes] = []
+
+            async def record(data: bytes) -> None:
+                sent_on_it.append(data)
+
+            monkeypatch.setattr(pooled, "send", record)
             assert len(await texts(backend)) == 4
+            assert sent_on_it == []  # dropped from the pool, not tried and retried
+            assert pooled.closed
             assert accepted == [0, 1]
         finally:
+            pooled_now.set()  # never leave the handler waiting
             await backend.aclose()
+
+
+def answer_requests(seen: list[int], *, unanswered: Callable[[int], bool]) -> Handler:
+    """Answers each request with SSE, but closes the connection, unanswered, on a request
+    for which ``unanswered(connection_index)`` holds; ``seen`` gets each request's
+    connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
+        while await read_request(reader) is not None:
+            seen.append(i)
+            if unanswered(i):
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(chunked(SSE))
+            await writer.drain()
+
+    return handler
+
+
+@pytest.mark.asyncio
+async def test_a_kept_alive_socket_the_server_closed_is_retried_once() -> None:
+    """The race a pool cannot see coming: the request is sent on a kept-alive socket that the
+    server closes (its idle timeout) before answering. It is sent again on a new one."""
+    seen: list[int] = []
+    second_on_first = answer_requests(seen, unanswered=lambda i: seen.count(0) == 2 and i == 0)
+    async with scripted(second_on_first) as (url, accepted):
+        backend = OpenAIBackend(url)
+        try:
+            assert await texts(backend) == ["a", "b\u0085", "c", ""]
+            assert await texts(backend, "again") == ["a", "b\u0085", "c", ""]
+        finally:
+            await backend.aclose()
+    assert seen == [0, 0, 1]  # the second request went out on socket 0, then on a new one
+    assert accepted == [0, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_new_socket_the_server_closes_is_not_retried() -> None:
+    seen: list[int] = []
+    async with scripted(answer_requests(seen, unanswered=lambda i: len(seen) > 1)) as (
+        url,
+        accepted,
+    ):
+        backend = OpenAIBackend(url)
+        try:
+            assert len(await texts(backend)) == 4
+            with pytest.raises(ProtocolError, match="disconnected without a response"):
+                await texts(backend)
+        finally:
+            await backend.aclose()
+    assert seen == [0, 0, 1]  # retried once on a new socket, and not again
+    assert accepted == [0, 1]
 
 
 @pytest.mark.asyncio
@@ -246,7 +320,7 @@ async def test_a_stream_that_stops_is_a_timeout_or_a_protocol_error(how: str) ->
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(SSE)[:60])
         await writer.drain()
         if how == "stall":
-            await asyncio.sleep(1)
+            await reader.read()  # nothing more until the client gives up and hangs up
         elif how == "reset":
             writer.transport.abort()
         else:
@@ -315,16 +389,39 @@ def test_the_lean_path_stands_in_only_where_it_can(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.asyncio
 async def test_ollama_over_the_lean_path_with_a_path_prefix() -> None:
-    """A base URL with a path (a reverse proxy) keeps its prefix on the streamed POST."""
+    """Ollama streams through the lean path, and a base URL with a path (a reverse proxy)
+    keeps its prefix on the streamed POST."""
     with FakeOllama({"qwen3:8b": FakeModel()}, ttft_s=0.01, itl_s=0.001) as fake:
         backend = OllamaBackend(fake.url)
+        assert backend._lean is not None
         try:
             sample = await measure_one(backend, GenerateRequest("qwen3:8b", "hi there", 6))
         finally:
             await backend.aclose()
     assert (sample.output_tokens, sample.finish_reason) == (6, "length")
-    prefixed = LeanClient("http://127.0.0.1:9/ollama/", connect_timeout_s=1)
-    assert prefixed._prefix == "/ollama"
+
+    heads: list[bytes] = []
+
+    async def no_such_model(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+    ) -> None:
+        while (got := await read_request(reader)) is not None:
+            heads.append(got[0])
+            body = b'{"error":"model not found"}'
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body))
+            writer.write(body)
+            await writer.drain()
+
+    async with scripted(no_such_model) as (url, _):
+        prefixed = OllamaBackend(f"{url}/ollama/")
+        assert prefixed._lean is not None
+        try:
+            with pytest.raises(ModelNotFoundError):
+                async for _ in prefixed.generate(GenerateRequest("m", "p", max_tokens=2)):
+                    pass
+        finally:
+            await prefixed.aclose()
+    assert heads[0].startswith(b"POST /ollama/api/generate HTTP/1.1\r\n")
 
 
 @pytest.mark.asyncio

@@ -3,7 +3,6 @@ protocol-faithful fake; LM Studio cannot run on this machine (tests/fake_lmstudi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -30,6 +29,7 @@ from lmgauge.measure import measure, measure_one
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_lmstudio import TEMPLATE_TOKENS, FakeLMStudio, write_fake_lms
+from waiting import wait_until
 
 MODEL = "qwen/qwen3-8b"
 PROMPT = "Count the words in this sentence, please."
@@ -144,15 +144,31 @@ async def test_a_jit_loaded_first_request_is_a_cold_load_and_the_next_is_valid(
 
 
 @pytest.mark.asyncio
-async def test_an_idle_jit_model_is_unloaded_after_its_ttl(
+async def test_a_request_after_the_jit_ttl_ran_out_is_a_cold_load_again(
     make_fake: Callable[..., FakeLMStudio], connect: Connect
 ) -> None:
-    fake = make_fake(jit_ttl_s=0.2, load_s=0.01)
+    """LM Studio unloads an idle JIT-loaded model when its TTL runs out: the next sample pays
+    a load again and must be set apart as a cold load, not counted as a warm one."""
+    fake = make_fake(jit_ttl_s=0.5, load_s=0.15)
     client = connect(fake.url)
-    await measure_one(client, GenerateRequest(MODEL, PROMPT, max_tokens=2))
-    assert next(m for m in await client.list_models() if m.name == MODEL).loaded
-    await asyncio.sleep(0.3)
-    assert not next(m for m in await client.list_models() if m.name == MODEL).loaded
+
+    def request(i: int) -> GenerateRequest:
+        return GenerateRequest(MODEL, f"{i} {PROMPT}", max_tokens=2, thinking=False)
+
+    cold, warm = await measure(client, request, samples=2, warmups=0)
+    assert cold.invalid_reason is not None
+    assert cold.invalid_reason.startswith("cold load")
+    assert warm.valid, warm.invalid_reason  # used within its TTL: still loaded
+
+    async def unloaded() -> bool:
+        return not next(m for m in await client.list_models() if m.name == MODEL).loaded
+
+    await wait_until(unloaded, what="LM Studio unloading the idle model")
+    again = await measure_one(client, request(2))
+    assert again.invalid_reason is not None
+    assert again.invalid_reason.startswith("cold load: the server loaded the model")
+    assert again.server is not None
+    assert again.server.load_s == pytest.approx(fake.load_s, abs=0.05)
 
 
 @pytest.mark.asyncio
@@ -331,11 +347,29 @@ async def test_a_server_that_is_not_running_is_named_with_the_fix(connect: Conne
 @pytest.mark.asyncio
 async def test_embeddings_come_back_in_order(fake: FakeLMStudio, connect: Connect) -> None:
     client = connect(fake.url)
+    model = "text-embedding-nomic-embed-text-v1.5"
     texts = ["first", "second", "third"]
-    vectors = await client.embed(texts, "text-embedding-nomic-embed-text-v1.5")
-    assert len(vectors) == 3
-    assert vectors[0] != vectors[1]
-    assert vectors == await client.embed(texts, "text-embedding-nomic-embed-text-v1.5")
+    vectors = await client.embed(texts, model)
+    alone = [(await client.embed([text], model))[0] for text in texts]
+    assert vectors == alone  # each text's own vector, at its text's place
+    assert len({tuple(v) for v in vectors}) == 3
+
+
+@pytest.mark.asyncio
+async def test_embedding_rows_are_put_back_in_the_order_of_their_index() -> None:
+    """The OpenAI-compatible API numbers each row (``index``); rows may come in any order."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        texts = json.loads(request.content)["input"]
+        rows = [{"object": "embedding", "embedding": [float(i)], "index": i} for i in range(3)]
+        assert len(texts) == len(rows)
+        return httpx.Response(200, json={"object": "list", "data": rows[::-1]})
+
+    client = LMStudioBackend(transport=httpx.MockTransport(handler))
+    try:
+        assert await client.embed(["a", "b", "c"], "m") == [[0.0], [1.0], [2.0]]
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.asyncio

@@ -1,11 +1,11 @@
-"""Router: the seeds' policies, made sound."""
+"""Router: the planning documents' policies, made sound."""
 
 import pytest
 
 from lmgauge.catalog import GB
 from lmgauge.errors import ConfigError, NoFeasibleModelError
 from lmgauge.router import (
-    SEED003_CANDIDATES,
+    LATENCY_AND_COMPLEXITY_CANDIDATES,
     Candidate,
     RouteRequest,
     candidate_memory_bytes,
@@ -13,17 +13,17 @@ from lmgauge.router import (
 )
 
 
-def test_seed002_prefers_the_thinking_model_for_complex_reasoning() -> None:
+def test_the_score_prefers_the_thinking_model_for_complex_reasoning() -> None:
     request = RouteRequest(complexity="high", reasoning=True, quality="high")
     assert route(request, 64 * GB).candidate.label == "qwen3-30b-thinking"
 
 
-def test_seed002_prefers_the_fast_model_for_urgent_simple_requests() -> None:
+def test_the_score_prefers_the_fast_model_for_urgent_simple_requests() -> None:
     request = RouteRequest(complexity="low", urgency="high", quality="low")
     assert route(request, 64 * GB).candidate.label == "qwen3-1.7b"
 
 
-def test_seed003_rules() -> None:
+def test_latency_and_complexity_rules() -> None:
     def pick(request: RouteRequest, memory_gb: float) -> str:
         return route(request, int(memory_gb * GB), policy="seed003-rules").candidate.name
 
@@ -35,7 +35,7 @@ def test_seed003_rules() -> None:
     assert pick(RouteRequest(complexity="high"), 4) == "qwen3-1.7b-4bit"
 
 
-def test_seed000_complexity() -> None:
+def test_complexity_tiers() -> None:
     def pick(complexity: str) -> str:
         request = RouteRequest(complexity=complexity)  # type: ignore[arg-type]
         return route(request, 64 * GB, policy="seed000-complexity").candidate.label
@@ -73,6 +73,7 @@ def test_unknown_policy_and_empty_candidates() -> None:
 
 
 def test_longer_context_needs_more_memory() -> None:
-    short = route(RouteRequest(context_tokens=2048), 64 * GB, SEED003_CANDIDATES, "seed003-rules")
-    long = route(RouteRequest(context_tokens=32768), 64 * GB, SEED003_CANDIDATES, "seed003-rules")
+    pool = LATENCY_AND_COMPLEXITY_CANDIDATES
+    short = route(RouteRequest(context_tokens=2048), 64 * GB, pool, "seed003-rules")
+    long = route(RouteRequest(context_tokens=32768), 64 * GB, pool, "seed003-rules")
     assert long.memory_bytes > short.memory_bytes

@@ -21,10 +21,10 @@ from lmgauge.thresholds import (
 )
 
 SHIPPED = Path(__file__).resolve().parents[1] / "baselines" / "thresholds.toml"
-S000 = "seeds/000_03642ba4086da783.txt"
-S001 = "seeds/001_5d8d423ab5d478bc.txt"
-S002 = "seeds/002_c3d8e14134284734.txt"
-S003 = "seeds/003_3cfc9d7df04127af.txt"
+S000 = "seed 000 (Local Model Processing Optimization)"
+S001 = "seed 001 (M3 Max Performance Optimization Strategies)"
+S002 = "seed 002 (Qwen3 Model Performance Optimization)"
+S003 = "seed 003 (Qwen3 Model Selection Strategy for M3 Max Optimization)"
 SEED_MODELS = {"qwen3-1.7b", "qwen3-7b", "qwen3-14b", "qwen3-30b", "qwen3-30b-thinking"}
 P = REFERENCE_PROFILE
 
@@ -276,7 +276,7 @@ metric = "e2e_s"
 direction = "max"
 value = 30
 severity = "warning"
-source = "seeds/x.txt"
+source = "seed x (a planning document)"
 source_key = "k"
 """
 
@@ -293,7 +293,7 @@ source_key = "k"
         (("value = 30", "value = nan"), "out of range"),
         (('metric = "e2e_s"', 'metric = "error_rate_ratio"'), "ratio"),
         (('source_key = "k"\n', ""), "missing key"),
-        (('source = "seeds/x.txt"', "source = 3"), "source must be"),
+        (('source = "seed x (a planning document)"', "source = 3"), "source must be"),
     ],
 )
 def test_malformed_entry_names_file_and_id(

@@ -1,13 +1,14 @@
 """Models, quantizations and the bytes/params arithmetic behind every memory figure.
 
-Each architecture is the real one (Qwen3 technical report, the models' config.json;
-see FACTS.md). Parameter counts are computed from the shape, never typed in; the
+Each architecture is the real one (the Qwen3 technical report and the models' config.json
+on Hugging Face). Parameter counts are computed from the shape, never typed in; the
 published counts are kept only to check the arithmetic.
 
 Labels are what users select with ``-k``: the real names (``qwen3-8b``) and the
 planning documents' labels (``qwen3-7b``, ``qwen3-30b``...). Each label says which real
 model backs it. There is no Qwen3-7B: the seeds' ``qwen3-7b`` is Qwen2.5-7B-Instruct,
-the model seed 003 itself pulls for it.
+the model seed 003 ("Qwen3 Model Selection Strategy for M3 Max Optimization") itself
+pulls for it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Architecture:
     tied_embeddings: bool
     native_context: int
     max_context: int  # with YaRN where the model card allows it
-    published_params: float  # from the model card / FACTS.md, only to check the arithmetic
+    published_params: float  # from the model card, only to check the arithmetic
     n_experts: int = 0
     n_active_experts: int = 0
     qkv_bias: bool = False  # Qwen2 has biases on q/k/v

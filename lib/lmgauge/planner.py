@@ -6,10 +6,10 @@ An estimate is weights + KV cache + overhead:
   ``num_ctx`` for every parallel slot);
 - overhead: llama.cpp's compute buffer for one micro-batch, approximated as
   ``batch_tokens x 4 B x (vocab + 2 x active FFN width + 4 x hidden)`` (f32 logits and
-  activations), plus a fixed 128 MiB for the engine's runtime. It errs high: on the
-  development machine (FACTS.md) Qwen3-0.6B Q4_K_M ran in 0.89 GB RSS, where this
-  estimate gives 1.06 GB at a 2048-token context. A planner that errs high skips a case
-  that might have fit; one that errs low crashes a run.
+  activations), plus a fixed 128 MiB for the engine's runtime. It errs high: on a 2-core
+  Linux machine, llama-cpp-python 0.3.36 ran the synthetic Qwen3-0.6B Q4_K_M in 0.89 GB
+  RSS, where this estimate gives 1.06 GB at a 2048-token context. A planner that errs
+  high skips a case that might have fit; one that errs low crashes a run.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from lmgauge.errors import ConfigError, ContextTooLargeError, DoesNotFitError
 DEFAULT_BATCH_TOKENS = 512  # n_batch default of llama.cpp and Ollama
 RUNTIME_OVERHEAD_BYTES = 128 * 1024**2
 OLLAMA_DEFAULT_MAX_LOADED = 3  # OLLAMA_MAX_LOADED_MODELS=0 means 3 per GPU
-SEED000_MAX_LOADED = 4  # seed 000: model_queue = deque(maxlen=4), OLLAMA_MAX_LOADED_MODELS=4
+# seed 000 ("Local Model Processing Optimization"): model_queue = deque(maxlen=4) and
+# OLLAMA_MAX_LOADED_MODELS=4
+SEED000_MAX_LOADED = 4
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,8 @@ PRESETS: Mapping[str, MemoryPreset] = MappingProxyType(
                 },
                 model_budget_gib=116,
                 max_loaded=SEED000_MAX_LOADED,
-                source="seeds/000: LMStudioMemoryOptimizer.memory_allocation; "
+                source='seed 000 ("Local Model Processing Optimization"): '
+                "LMStudioMemoryOptimizer.memory_allocation; "
                 "_create_deployment_plan available_memory = 116",
             ),
             preset_from_sizes(
@@ -290,7 +293,8 @@ PRESETS: Mapping[str, MemoryPreset] = MappingProxyType(
                 },
                 model_budget_gib=80,
                 max_loaded=3,
-                source="seeds/001: MEMORY_POOLS; export OLLAMA_MAX_LOADED_MODELS=3",
+                source='seed 001 ("M3 Max Performance Optimization Strategies"): '
+                "MEMORY_POOLS; export OLLAMA_MAX_LOADED_MODELS=3",
             ),
             preset_from_sizes(
                 "seed003",
@@ -298,8 +302,9 @@ PRESETS: Mapping[str, MemoryPreset] = MappingProxyType(
                 {"models": 60, "system_reserve": 20, "processing_buffer": 48},
                 model_budget_gib=60,
                 max_loaded=3,
-                source="seeds/003: Memory Configuration (60GB max for models, 20GB for macOS, 48GB "
-                "buffer); Concurrent Multi-Model loads 3 models",
+                source='seed 003 ("Qwen3 Model Selection Strategy for M3 Max Optimization"): '
+                "Memory Configuration (60GB max for models, 20GB for macOS, 48GB buffer); "
+                "Concurrent Multi-Model loads 3 models",
             ),
         )
     }

@@ -6,6 +6,11 @@ memory (the planner's estimate at the request's context). So the choice always f
 more memory never turns a feasible request infeasible, and the same input always gives
 the same output (ties break on memory, then name).
 
+A policy's name (``route(policy="seed003-rules")``, ``RouteDecision.policy``) says which
+planning document it comes from: seed 000 ("Local Model Processing Optimization"),
+seed 002 ("Qwen3 Model Performance Optimization") and seed 003 ("Qwen3 Model Selection
+Strategy for M3 Max Optimization").
+
 Deviations from the seeds, and why:
 - seed 003 guards its rules with fixed sizes (``memory_available > 8/16/24`` GB) and
   falls back to the 1.7B model even when that does not fit either; here the fit check is
@@ -87,8 +92,12 @@ def _tie_break(request: RouteRequest) -> Callable[[Candidate], tuple[int, str]]:
     )
 
 
-def seed002_score(request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """seed 002's QwenModelRouter._calculate_model_score, highest score first."""
+def rank_by_speed_quality_score(
+    request: RouteRequest, candidates: Sequence[Candidate]
+) -> list[Candidate]:
+    """Highest score first: speed weighted by urgency plus quality weighted by the quality
+    need, less a memory cost, plus bonuses for complexity, technical and reasoning work
+    (seed 002's QwenModelRouter._calculate_model_score)."""
 
     def score(c: Candidate) -> float:
         value = {"high": 0.4, "normal": 0.2, "low": 0.0}[request.urgency] * c.speed
@@ -109,9 +118,12 @@ def seed002_score(request: RouteRequest, candidates: Sequence[Candidate]) -> lis
     return sorted(candidates, key=lambda c: (-score(c), *tie(c)))
 
 
-def seed003_rules(request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """seed 003's select_optimal_model: fast under 1 s latency, best for high complexity,
-    otherwise the balanced middle (the best model is kept for high complexity)."""
+def rank_by_latency_and_complexity(
+    request: RouteRequest, candidates: Sequence[Candidate]
+) -> list[Candidate]:
+    """Fastest first under a 1 s latency bound, best quality first for high complexity,
+    otherwise the balanced middle (the best model is kept for high complexity); seed 003's
+    select_optimal_model."""
     tie = _tie_break(request)
     if request.max_latency_s is not None and request.max_latency_s < 1.0:
         return sorted(candidates, key=lambda c: (-c.speed, *tie(c)))
@@ -124,9 +136,11 @@ def seed003_rules(request: RouteRequest, candidates: Sequence[Candidate]) -> lis
     ]
 
 
-def seed000_complexity(request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """seed 000's _select_optimal_model: high -> thinking model, medium -> the large
-    instruct model, low -> the fast model."""
+def rank_by_complexity_tier(
+    request: RouteRequest, candidates: Sequence[Candidate]
+) -> list[Candidate]:
+    """By complexity: high -> the thinking model, medium -> the large instruct model,
+    low -> the fast model (seed 000's _select_optimal_model)."""
     tie = _tie_break(request)
     if request.complexity == "low":
         return sorted(candidates, key=lambda c: (-c.speed, *tie(c)))
@@ -137,32 +151,33 @@ def seed000_complexity(request: RouteRequest, candidates: Sequence[Candidate]) -
 
 
 POLICIES: dict[str, Policy] = {
-    "seed002-score": seed002_score,
-    "seed003-rules": seed003_rules,
-    "seed000-complexity": seed000_complexity,
+    "seed002-score": rank_by_speed_quality_score,
+    "seed003-rules": rank_by_latency_and_complexity,
+    "seed000-complexity": rank_by_complexity_tier,
 }
 
-SEED002_CANDIDATES = (  # seed 002 QwenModelRouter.models; Q4_K_M as in seed 000's variants
+# seed 002 QwenModelRouter.models; Q4_K_M as in seed 000's variants
+SPEED_QUALITY_SCORE_CANDIDATES = (
     Candidate("qwen3-1.7b", "Q4_K_M", speed=10, quality=6),
     Candidate("qwen3-7b", "Q4_K_M", speed=7, quality=8),
     Candidate("qwen3-30b", "Q4_K_M", speed=3, quality=9),
     Candidate("qwen3-30b-thinking", "Q4_K_M", speed=1, quality=10),
 )
-SEED003_CANDIDATES = (  # seed 003 select_optimal_model's return values
+LATENCY_AND_COMPLEXITY_CANDIDATES = (  # seed 003 select_optimal_model's return values
     Candidate("qwen3-1.7b", "4bit", speed=10, quality=6),
     Candidate("qwen3-7b", "8bit", speed=7, quality=8),
     Candidate("qwen3-14b", "8bit", speed=5, quality=8.5),
 )
-SEED000_CANDIDATES = (  # seed 000 _select_optimal_model's return values
+COMPLEXITY_TIER_CANDIDATES = (  # seed 000 _select_optimal_model's return values
     Candidate("qwen3-7b", "Q4_K_M", speed=7, quality=8),
     Candidate("qwen3-30b", "Q4_K_M", speed=3, quality=9),
     Candidate("qwen3-30b-thinking", "Q4_K_M", speed=1, quality=10),
 )
 DEFAULT_CANDIDATES = MappingProxyType(
     {
-        "seed002-score": SEED002_CANDIDATES,
-        "seed003-rules": SEED003_CANDIDATES,
-        "seed000-complexity": SEED000_CANDIDATES,
+        "seed002-score": SPEED_QUALITY_SCORE_CANDIDATES,
+        "seed003-rules": LATENCY_AND_COMPLEXITY_CANDIDATES,
+        "seed000-complexity": COMPLEXITY_TIER_CANDIDATES,
     }
 )
 

@@ -1,4 +1,5 @@
-"""Seed 003's scenario workloads, each measured as the metric its target is written in.
+"""The scenario workloads of seed 003 ("Qwen3 Model Selection Strategy for M3 Max
+Optimization"), each measured as the metric its target is written in.
 
 - classification: classification_docs_per_min (> 500, 1.7B); short documents, 4-token answers
 - extraction: extraction_docs_per_min (> 100, 14B); 256-token documents, JSON asked for

@@ -1,7 +1,7 @@
 """Which server settings exist, per backend: the real ones with their types, and the names
 the planning documents use that are not settings (removed, renamed, or never real).
 
-Sources (FACTS.md, checked upstream): Ollama envconfig/config.go and api/types.go (v0.33);
+Sources, checked upstream: Ollama envconfig/config.go and api/types.go (v0.33);
 LM Studio's lmstudio-js load configuration and the `lms` CLI; mlx-lm 0.32 mlx_lm/server.py
 and generate.py; llama-cpp-python 0.3 ``Llama(...)`` parameters.
 

@@ -1,7 +1,8 @@
 """Model switching: how long until a newly selected model answers.
 
 A switch is: unload the current model (where the backend can), load the next, and wait
-for its first token. Seed 003's target is under 3 s (threshold ``model_switch_s``).
+for its first token. Seed 003's target ("Qwen3 Model Selection Strategy for M3 Max
+Optimization") is under 3 s (threshold ``model_switch_s``).
 A failure is a SwitchSample holding the error, like a failed request.
 """
 

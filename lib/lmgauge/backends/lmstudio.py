@@ -44,7 +44,7 @@ from lmgauge.errors import (
 )
 
 # LoadSettings field -> (field of POST /api/v1/models/load, LM Studio's load setting as
-# /work/shared/FACTS.md "LM Studio" names it, i.e. the SDK's LLMLoadModelConfig). The REST API
+# lmstudio-js names it in its LLMLoadModelConfig). The REST API
 # takes only context_length, eval_batch_size, flash_attention, num_experts and
 # offload_kv_cache_to_gpu (lmstudio-ai/docs 1_developer/2_rest/load.md); a setting it cannot
 # express is refused when asked for, never silently dropped.
