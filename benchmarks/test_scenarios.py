@@ -1,5 +1,6 @@
-"""Seed 003's scenario workloads per case, each judged against its target as a threshold
-(on the reference profile; reported elsewhere). Select them with ``-k scenario``."""
+"""The scenario workloads of seed 003 ("Qwen3 Model Selection Strategy for M3 Max
+Optimization") per case, each judged against its target as a threshold (on the reference
+profile; reported elsewhere). Select them with ``-k scenario``."""
 
 import pytest
 

@@ -150,25 +150,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples-per-arm", type=int, default=3)
     parser.add_argument("--rounds", default="8:4:20")
     parser.add_argument("--gap-s", type=float, default=20.0, help="between baseline runs")
+    parser.add_argument(
+        "--disturbance-limit", type=float, default=0.25, help="1 turns the guard off"
+    )
     parser.add_argument("--out", default="/tmp/paired-study.json")
     args = parser.parse_args(argv)
     low, step, high = (int(x) for x in args.rounds.split(":"))
     schedule = Schedule(
-        ttft_s=0.020,
-        itl_s=0.002,
+        ttft_s=0.010,
+        itl_s=0.003,
         drift_amplitude=args.drift_amplitude,
         drift_period_s=args.drift_period_s,
         drift_epoch=0.0,
         noise_sd=args.noise_sd,
         seed=7,
     )
-    paired_workload = Workload(prompt_tokens=32, max_tokens=16, samples=0, warmups=0)
+    paired_workload = Workload(prompt_tokens=32, max_tokens=8, samples=0, warmups=0)
     stored_samples = args.samples_per_arm * low  # as many as one arm of a shortest paired run
-    stored_workload = Workload(prompt_tokens=32, max_tokens=16, samples=stored_samples)
+    stored_workload = Workload(prompt_tokens=32, max_tokens=8, samples=stored_samples)
     plan = PairedPlan(
         samples_per_arm=args.samples_per_arm,
         sequential=SequentialPlan(min_rounds=low, step_rounds=step, max_rounds=high),
-        disturbance_limit=0.5,
+        disturbance_limit=args.disturbance_limit,
     )
     effects = [float(e) for e in args.effects.split(",")]
     results: dict[str, Any] = {"args": vars(args), "conditions": {}}

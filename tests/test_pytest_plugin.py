@@ -108,7 +108,9 @@ def test_record_then_regression_then_unlike_environment(suite: pytest.Pytester) 
     slower = suite.runpytest_subprocess(*SHORT)
     slower.assert_outcomes(passed=1, failed=1)
     slower.stdout.fnmatch_lines(["*regression against the baseline: *x slower (significant*"])
-    assert json.loads(path.read_text()) == data  # never overwritten without --lmgauge-update-baselines
+    assert (
+        json.loads(path.read_text()) == data
+    )  # never overwritten without --lmgauge-update-baselines
     reports = sorted(Path(suite.path, "reports").glob("*-llamacpp-*.json"))
     assert len(reports) == 3  # one per run
     report = load_report(reports[-1])

@@ -50,12 +50,14 @@ def test_the_config_gate_runs_on_apple_silicon_on_a_config_change() -> None:
     assert "scripts/setup.sh" in commands
     assert "lmgauge lint-config" in commands
     assert '--lmgauge-config "$config"' in commands
+    assert '--lmgauge-against "$base"' in commands  # paired: the base commit's file is arm A
+    assert 'git show "$BASE_SHA:$config"' in commands
     assert 'exit "$status"' in commands  # a failed benchmark fails the job
     upload = next(
         s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")
     )
     assert upload["if"].startswith("always()")  # reports of a failing run are kept too
-    assert upload["with"]["path"] == "reports/*.json"
+    assert upload["with"]["path"] == "reports/"  # reports and the managed servers' logs
 
 
 def test_the_linux_job_runs_the_readme_tests_and_a_smoke_benchmark() -> None:
