@@ -30,7 +30,8 @@ def test_bad_probe_arguments() -> None:
 
 
 def test_roofline_matches_facts_example() -> None:
-    # FACTS.md: Qwen3-8B Q4_K_M ~5.0 GB -> at most ~80 t/s at 400 GB/s.
+    # Qwen3-8B at Q4_K_M: 8.19e9 params x 4.89 bpw (llama.cpp tools/quantize/README.md) / 8
+    # ~ 5.0 GB -> at most ~80 t/s at 400 GB/s.
     assert decode_roofline_tokens_per_s(400e9, 5.0e9) == pytest.approx(80)
     with_kv = decode_roofline_tokens_per_s(
         400e9, 5.0e9, kv_bytes_per_token=147456, context_tokens=32768

@@ -29,7 +29,7 @@ class ReferenceProfile:
 
 REFERENCE_PROFILES = {
     "apple-m3-max-128gb": ReferenceProfile(
-        400e9, "public: Apple M3 Max 16-core CPU / 40-core GPU, 400 GB/s (FACTS.md)"
+        400e9, "public: Apple M3 Max 16-core CPU / 40-core GPU, 400 GB/s (Apple M3 Max tech specs)"
     ),
 }
 """Machines whose bandwidth is known from public figures rather than measured here."""
