@@ -210,8 +210,10 @@ def test_a_run_from_another_machine_is_refused() -> None:
         _record(first, 8.0, identity=ELSEWHERE)
     with pytest.raises(ConfigError, match="has no readable identity"):
         _record(first, 8.0, identity=MachineIdentity("", "no machine id readable"))
-    with pytest.raises(ConfigError, match=r"reads memory 31% slower.*record when it is quiet"):
-        _record(first, 8.0, calibration=SLOW_MEMORY)
+    # The same machine calibrating differently (a busy moment of a shared VM) still
+    # records: the file keeps the latest calibration, against which runs are judged.
+    again = _record(first, 8.0, calibration=SLOW_MEMORY)
+    assert again.machine == BaselineMachine(HERE.digest, SLOW_MEMORY)
 
 
 def test_an_unbound_baseline_is_bound_and_its_unknown_runs_dropped() -> None:

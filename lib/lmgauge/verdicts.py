@@ -144,6 +144,13 @@ class CheckSession:
             self._machine = (machine_identity(), calibrate())
         return self._machine
 
+    def _calibrate_before_loading(self) -> None:
+        """Calibrate before the first model loads, where a baseline will be compared or
+        recorded: an engine's threads still spinning after a request halve what the probe
+        reads on a small machine."""
+        if self._machine is None and (self.update_baselines or self.baseline_file()):
+            self.machine()
+
     def not_judged(self) -> str | None:
         """Why the stored baseline may not judge this run (another machine, a machine that
         calibrates differently now), or None. Decided once per session."""
@@ -214,6 +221,7 @@ class CheckSession:
     def check(self, case: Case, metric: str) -> None:
         """Measure ``case`` (once per session), judge ``metric``, fail on a regression or
         a hard threshold breach."""
+        self._calibrate_before_loading()
         self._refuse_a_mismatched_server(case)
         run = self._measured(case, self.runner().run(case))
         if metric in SAMPLE_METRICS:
