@@ -1,4 +1,7 @@
-"""Judging one metric of one case: baseline comparison, thresholds, the verdict table.
+"""The session of a pytest run: it measures each case once (runner.py), judges each metric
+against the stored baseline (stored_gate.py) and the planning documents' thresholds
+(judge.py), records one row per metric in the report and the table printed at the end, and
+fails a test on a regression or a breach.
 
 Provenance is part of every row: figures measured here, baseline numbers as the file
 labels them (measured, derived, public), and thresholds scaled from the reference
@@ -10,27 +13,18 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
-from lmgauge import __version__
 from lmgauge.backends import DEFAULT_URLS
 from lmgauge.baselines import (
-    BaselineFile,
-    CaseBaseline,
     MetricBaseline,
-    add_runs,
     baseline_path,
-    environment_differences,
-    judgeable,
-    load_baseline,
-    save_baseline,
 )
 from lmgauge.config import ServerConfig, load_settings, request_options
-from lmgauge.errors import ConfigError
 from lmgauge.hardware import (
     HostFingerprint,
     fingerprint,
@@ -38,17 +32,13 @@ from lmgauge.hardware import (
 )
 from lmgauge.judge import (
     Judgement,
-    against_baseline,
     case_roofline,
     single_value,
     threshold_notes,
-    tolerance_for,
 )
-from lmgauge.machine import Calibration, MachineIdentity, calibrate, machine_identity
 from lmgauge.metrics import (
     SAMPLE_METRICS,
     format_value,
-    metric_values,
     run_value,
     sample_values,
     throughput_metric,
@@ -56,7 +46,7 @@ from lmgauge.metrics import (
 from lmgauge.report import ReportWriter, Row
 from lmgauge.runner import Case, CaseRun, Runner, Workload
 from lmgauge.server_env import check_ollama_environment
-from lmgauge.stats import compare
+from lmgauge.stored_gate import StoredBaselines
 from lmgauge.thresholds import Threshold, load_thresholds
 
 REFERENCE_PROFILE = "apple-m3-max-128gb"
@@ -81,17 +71,14 @@ class CheckSession:
     messages: list[str] = field(default_factory=list)
     report: ReportWriter | None = None
     _runner: Runner | None = None
-    _baseline: BaselineFile | None = None
-    _baseline_loaded: bool = False
+    _stored: StoredBaselines | None = None
     _thresholds: tuple[Threshold, ...] | None = None
     _bandwidth: float | None = None
     _profile: str | None = None
     _host: HostFingerprint | None = None
     _config_mismatch: str | None = None
     _extra_sampling_s: dict[Case, float] = field(default_factory=dict)
-    _machine: tuple[MachineIdentity, Calibration] | None = None
-    _not_judged: str | None = None  # why the stored baseline is reported, not judged
-    _judgeable_checked: bool = False
+    _not_judged_said: bool = False
 
     @property
     def profile(self) -> str:
@@ -137,45 +124,31 @@ class CheckSession:
     def backend_name(self) -> str:
         return self.runner().backend_name
 
-    def machine(self) -> tuple[MachineIdentity, Calibration]:
-        """This machine's identity and a calibration probe (about a second), taken once,
-        when a baseline is compared or recorded."""
-        if self._machine is None:
-            self._machine = (machine_identity(), calibrate())
-        return self._machine
-
-    def _calibrate_before_loading(self) -> None:
-        """Calibrate before the first model loads, where a baseline will be compared or
-        recorded: an engine's threads still spinning after a request halve what the probe
-        reads on a small machine."""
-        if self._machine is None and (self.update_baselines or self.baseline_file()):
-            self.machine()
+    def stored(self) -> StoredBaselines:
+        """The stored-baseline gate of this profile and backend (stored_gate.py)."""
+        if self._stored is None:
+            self._stored = StoredBaselines(
+                baseline_path(self.baselines, self.profile, self.backend_name),
+                self.profile,
+                self.backend_name,
+                self.tolerance,
+                allow_unlike=self.allow_unlike,
+                recording=self.update_baselines,
+            )
+        return self._stored
 
     def not_judged(self) -> str | None:
-        """Why the stored baseline may not judge this run (another machine, a machine that
-        calibrates differently now), or None. Decided once per session."""
-        if not self._judgeable_checked:
-            self._judgeable_checked = True
-            baseline = self.baseline_file()
-            if baseline is not None:
-                identity, calibration = self.machine()
-                self._not_judged = judgeable(baseline, identity, calibration)
-            if self._not_judged:
-                path = baseline_path(self.baselines, self.profile, self.backend_name)
-                self.messages.append(
-                    f"nothing is judged against {path}: {self._not_judged}. To judge on "
-                    "this machine, record a baseline here (run the same command with "
-                    "--lmgauge-update-baselines, three times or more), or compare two "
-                    "configs in one session: --lmgauge-config B.toml --lmgauge-against A.toml"
-                )
-        return self._not_judged
-
-    def baseline_file(self) -> BaselineFile | None:
-        if not self._baseline_loaded:
-            path = baseline_path(self.baselines, self.profile, self.backend_name)
-            self._baseline = load_baseline(path)
-            self._baseline_loaded = True
-        return self._baseline
+        """Why the stored baseline may not judge this run; said once in the table."""
+        why = self.stored().not_judged()
+        if why and not self._not_judged_said:
+            self._not_judged_said = True
+            self.messages.append(
+                f"nothing is judged against {self.stored().path}: {why}. To judge on this "
+                "machine, record a baseline here (run the same command with "
+                "--lmgauge-update-baselines, three times or more), or compare two configs in "
+                "one session: --lmgauge-config B.toml --lmgauge-against A.toml"
+            )
+        return why
 
     # --- the report -----------------------------------------------------------------------
 
@@ -221,7 +194,7 @@ class CheckSession:
     def check(self, case: Case, metric: str) -> None:
         """Measure ``case`` (once per session), judge ``metric``, fail on a regression or
         a hard threshold breach."""
-        self._calibrate_before_loading()
+        self.stored().calibrate_before_loading()
         self._refuse_a_mismatched_server(case)
         run = self._measured(case, self.runner().run(case))
         if metric in SAMPLE_METRICS:
@@ -344,72 +317,23 @@ class CheckSession:
         while len(run.samples) < self.workload.max_samples:
             if self._extra_sampling_s.get(case, 0.0) >= self.workload.max_extra_sampling_s:
                 return
-            stored = self._stored_metric(case, metric)
-            if stored is None or stored.provenance != "measured" or self.not_judged():
-                return
-            result = compare(
-                stored.values,
-                sample_values(run.samples, metric),
-                higher_is_better=SAMPLE_METRICS[metric][1],
-                tolerance=tolerance_for(stored, self.tolerance)[0],
-            )
-            if result.outcome != "inconclusive":
+            self.not_judged()  # said in the table when it applies
+            values = sample_values(run.samples, metric)
+            if not self.stored().needs_more_samples(case, metric, values):
                 return
             started = time.perf_counter()
             runner.more_samples(case, min(2, self.workload.max_samples - len(run.samples)))
             spent = time.perf_counter() - started
             self._extra_sampling_s[case] = self._extra_sampling_s.get(case, 0.0) + spent
 
-    def _stored_case(self, case: Case) -> CaseBaseline | None:
-        baseline = self.baseline_file()
-        return None if baseline is None else baseline.cases.get(case.id)
-
     def _stored_metric(self, case: Case, metric: str) -> MetricBaseline | None:
-        stored = self._stored_case(case)
-        return None if stored is None else stored.metrics.get(metric)
+        return self.stored().metric(case, metric)
 
     def _stored_judgement(
         self, case: Case, run: CaseRun, metric: str, values: list[float], failures: list[str]
     ) -> Judgement:
-        stored_case = self._stored_case(case)
-        stored = None if stored_case is None else stored_case.metrics.get(metric)
-        if stored_case is None or stored is None:
-            return Judgement()
-        why = self.not_judged() if stored.provenance == "measured" else None
-        if why:
-            median = statistics.median(stored.values)
-            ratio = statistics.median(values) / median if median else None
-            return Judgement(
-                baseline=f"{format_value(metric, median)} (measured elsewhere)",
-                verdict=f"{ratio or float('nan'):.2f}x the stored baseline; reported, not "
-                f"judged: {why}",
-                outcome="not judged",
-                baseline_value=median,
-                baseline_provenance=stored.provenance,
-                baseline_source=stored.source,
-                baseline_values=stored.values,
-                ratio=ratio,
-            )
-        # While recording, this run becomes part of the baseline: its difference from the
-        # earlier runs is the run-to-run noise being measured, not a regression.
-        found: list[str] = []
-        judgement = against_baseline(
-            metric,
-            values,
-            stored,
-            environment_differences(stored_case.environment, run.environment),
-            tolerance=self.tolerance,
-            allow_unlike=self.allow_unlike,
-            failures=found,
-        )
-        if self.update_baselines and found:
-            return replace(
-                judgement,
-                verdict=f"{judgement.verdict} (recording a baseline run: reported, not failed)",
-                outcome="reported",
-            )
-        failures.extend(found)
-        return judgement
+        self.not_judged()  # said in the table when it applies
+        return self.stored().judgement(case, run, metric, values, failures)
 
     def _thresholds_for(
         self, case: Case, metric: str, value: float, failures: list[str]
@@ -447,38 +371,12 @@ class CheckSession:
     def write_baselines(self) -> None:
         if not self.update_baselines or self._runner is None:
             return
-        runs = {
-            r.case.id: (r.environment, metric_values(r))
-            for r in self._runner.runs()
-            if r.samples and not r.error
-        }
-        if not runs:
+        message = self.stored().record(self._runner.runs(), vars(self.host()))
+        if message is None:
             return
-        path = baseline_path(self.baselines, self.profile, self.backend_name)
-        existing = self.baseline_file()
-        source = f"measured on {self.profile} by lmgauge {__version__}, {time.strftime('%F')}"
-        identity, calibration = self.machine()
-        try:
-            baseline = add_runs(
-                existing,
-                self.profile,
-                self.backend_name,
-                runs,
-                source=source,
-                host=vars(self.host()),
-                identity=identity,
-                calibration=calibration,
-            )
-        except ConfigError as exc:
-            self.messages.append(f"baseline NOT written: {exc}")
-            if self.report is not None:
-                self.report.note(f"baseline NOT written: {exc}")
-            return
-        save_baseline(path, baseline)
-        kept = f" (previous kept as {path.name}.prev)" if existing else ""
-        self.messages.append(f"baseline written: {path}{kept}")
+        self.messages.append(message)
         if self.report is not None:
-            self.report.note(f"baseline written: {path}{kept}")
+            self.report.note(message)
 
     def finish(self) -> None:
         if self._runner is not None:
