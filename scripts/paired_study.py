@@ -32,7 +32,7 @@ from typing import Any
 from lmgauge.baselines import MetricBaseline
 from lmgauge.judge import against_baseline
 from lmgauge.metrics import sample_values
-from lmgauge.paired import Arm, PairedMeasurement, PairedPlan
+from lmgauge.paired import ROUND_METRICS, Arm, PairedMeasurement, PairedPlan
 from lmgauge.paired_stats import SequentialPlan
 from lmgauge.runner import Case, Runner, Workload
 from lmgauge.server_env import find_server_process
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-period-s", type=float, default=240.0)
     parser.add_argument("--noise-sd", type=float, default=0.02)
     parser.add_argument("--samples-per-arm", type=int, default=3)
-    parser.add_argument("--rounds", default="8:4:20")
+    parser.add_argument("--rounds", default="12:4:24")
     parser.add_argument("--gap-s", type=float, default=20.0, help="between baseline runs")
     parser.add_argument(
         "--disturbance-limit", type=float, default=0.25, help="1 turns the guard off"
@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     stored_workload = Workload(prompt_tokens=32, max_tokens=8, samples=stored_samples)
     plan = PairedPlan(
         samples_per_arm=args.samples_per_arm,
-        sequential=SequentialPlan(min_rounds=low, step_rounds=step, max_rounds=high),
+        sequential=SequentialPlan(
+            min_rounds=low, step_rounds=step, max_rounds=high, metrics=len(ROUND_METRICS)
+        ),
         disturbance_limit=args.disturbance_limit,
     )
     effects = [float(e) for e in args.effects.split(",")]

@@ -18,7 +18,7 @@ from lmgauge.paired_stats import (
     should_stop,
 )
 
-PLAN = SequentialPlan()
+PLAN = SequentialPlan(min_rounds=8, step_rounds=4, max_rounds=20, alpha=0.05)  # one metric
 SWAPPED = {
     "regression": "improvement",
     "improvement": "regression",
@@ -70,7 +70,7 @@ def test_the_default_plan_looks_four_times_at_bonferroni_confidence() -> None:
 
 
 def test_max_rounds_off_the_step_grid_is_a_look_and_counted() -> None:
-    plan = SequentialPlan(min_rounds=8, step_rounds=5, max_rounds=20)
+    plan = SequentialPlan(min_rounds=8, step_rounds=5, max_rounds=20, alpha=0.05)
     assert plan.look_rounds == (8, 13, 18, 20)
     assert plan.look_confidence == pytest.approx(1 - 0.05 / 4)
 
@@ -80,7 +80,7 @@ def test_max_rounds_off_the_step_grid_is_a_look_and_counted() -> None:
     [
         ({"min_rounds": 1}, "min_rounds must be at least 2"),
         ({"step_rounds": 0}, "step_rounds must be at least 1"),
-        ({"max_rounds": 4}, r"max_rounds \(4\) must be at least min_rounds \(8\)"),
+        ({"max_rounds": 4}, r"max_rounds \(4\) must be at least min_rounds \(12\)"),
         ({"alpha": 0.0}, "alpha must be between 0 and 1"),
         ({"alpha": 1.5}, "alpha must be between 0 and 1"),
     ],
@@ -326,8 +326,25 @@ def test_a_5_percent_slowdown_is_flagged_by_the_last_look() -> None:
     flagged = [sequential_run(rng, math.log(1.05)).outcome == "regression" for _ in range(1000)]
     assert sum(flagged) / len(flagged) >= 0.90
     # 24 rounds (5 looks) flag it at least 95% of the time.
-    longer = SequentialPlan(max_rounds=24)
+    longer = SequentialPlan(min_rounds=8, step_rounds=4, max_rounds=24, alpha=0.05)
     flagged = [
         sequential_run(rng, math.log(1.05), longer).outcome == "regression" for _ in range(1000)
     ]
     assert sum(flagged) / len(flagged) >= 0.95
+
+
+def test_the_default_plan_shares_its_error_rate_among_looks_and_metrics() -> None:
+    # The paired gate judges 6 metrics of the same rounds (paired.ROUND_METRICS): each
+    # interval gets alpha / (looks x metrics), so a run of identical arms is called a
+    # regression in any metric with probability below alpha / 2 = 1%.
+    plan = SequentialPlan(metrics=6)
+    assert plan.look_rounds == (12, 16, 20, 24)
+    assert plan.look_confidence == pytest.approx(1 - 0.02 / 24)
+    # 12 rounds is the fewest for which the exact interval can reach that confidence.
+    ratios = [1.0 + i / 100 for i in range(12)]
+    assert ratio_interval(ratios, plan.look_confidence).achieved_confidence >= (
+        plan.look_confidence
+    )
+    assert ratio_interval(ratios[:11], plan.look_confidence).achieved_confidence < (
+        plan.look_confidence
+    )

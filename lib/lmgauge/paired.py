@@ -43,7 +43,9 @@ ROUND_METRICS = (*JUDGED_SAMPLE_METRICS, "load_s")
 @dataclass(frozen=True)
 class PairedPlan:
     samples_per_arm: int = 3  # k: samples per arm per round; their median is the round's
-    sequential: SequentialPlan = field(default_factory=SequentialPlan)
+    sequential: SequentialPlan = field(
+        default_factory=lambda: SequentialPlan(metrics=len(ROUND_METRICS))
+    )
     budget_s: float = 900.0  # per case: no new round starts once it is spent
     disturbance_limit: float = 0.25  # share of the CPU other processes may take
     max_discarded: int = 6  # disturbed rounds re-run per case, at most

@@ -122,9 +122,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--lmgauge-rounds",
-        default="8:4:20",
+        default="12:4:24",
         help="paired gate: MIN:STEP:MAX rounds; a verdict is looked at after MIN rounds and "
-        "every STEP more, up to MAX (default 8:4:20)",
+        "every STEP more, up to MAX (default 12:4:24)",
     )
     group.addoption(
         "--lmgauge-paired-budget-s",
@@ -257,7 +257,7 @@ def lmgauge_session(config: pytest.Config) -> CheckSession:
 
 
 def _paired_plan(config: pytest.Config) -> Any:
-    from lmgauge.paired import PairedPlan
+    from lmgauge.paired import ROUND_METRICS, PairedPlan
     from lmgauge.paired_stats import SequentialPlan
 
     text = config.getoption("--lmgauge-rounds")
@@ -265,7 +265,9 @@ def _paired_plan(config: pytest.Config) -> Any:
         low, step, high = (int(part) for part in text.split(":"))
         return PairedPlan(
             samples_per_arm=config.getoption("--lmgauge-round-samples"),
-            sequential=SequentialPlan(min_rounds=low, step_rounds=step, max_rounds=high),
+            sequential=SequentialPlan(
+                min_rounds=low, step_rounds=step, max_rounds=high, metrics=len(ROUND_METRICS)
+            ),
             budget_s=config.getoption("--lmgauge-paired-budget-s"),
             disturbance_limit=config.getoption("--lmgauge-disturbance-limit"),
             cooldown_s=config.getoption("--lmgauge-cooldown-s"),
@@ -273,7 +275,7 @@ def _paired_plan(config: pytest.Config) -> Any:
         )
     except ValueError as exc:
         raise pytest.UsageError(
-            f"--lmgauge-rounds {text!r} / paired options: {exc} (e.g. --lmgauge-rounds 8:4:20)"
+            f"--lmgauge-rounds {text!r} / paired options: {exc} (e.g. --lmgauge-rounds 12:4:24)"
         ) from exc
 
 
