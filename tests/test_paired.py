@@ -176,7 +176,9 @@ def test_a_mostly_disturbed_case_is_not_gated_and_says_why() -> None:
 
 
 def test_the_budget_stops_new_rounds() -> None:
-    plan = PairedPlan(samples_per_arm=3, sequential=SequentialPlan(8, 4, 20, alpha=0.05), budget_s=1e-9)
+    plan = PairedPlan(
+        samples_per_arm=3, sequential=SequentialPlan(8, 4, 20, alpha=0.05), budget_s=1e-9
+    )
     paired = _measurement(1.0, [], plan).run(CASE)
     assert len(paired.kept) == 1
     assert "budget" in paired.stop_reason
