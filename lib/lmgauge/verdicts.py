@@ -353,6 +353,8 @@ class CheckSession:
 
     def table_lines(self) -> list[str]:
         lines = [*self.messages, f"profile: {self.profile}; tolerance {self.tolerance:.0%}"]
+        if self._runner is not None and self._runner.guard_note:
+            lines.insert(len(self.messages), f"note: {self._runner.guard_note}")
         for row in self.rows:
             mark = "FAIL" if row.failed else "ok  "
             lines.append(
