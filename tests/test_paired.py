@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from lmgauge import paired as paired_module
 from lmgauge.backends.base import LoadResult, MemoryReport
+from lmgauge.errors import BackendUnavailableError
 from lmgauge.machine import Disturbance
 from lmgauge.measure import Sample
 from lmgauge.paired import Arm, PairedMeasurement, PairedPlan
@@ -182,3 +183,22 @@ def test_the_budget_stops_new_rounds() -> None:
     paired = _measurement(1.0, [], plan).run(CASE)
     assert len(paired.kept) == 1
     assert "budget" in paired.stop_reason
+
+
+def test_an_arm_that_fails_mid_run_ends_the_case_with_the_reason_and_keeps_its_rounds() -> None:
+    measurement = _measurement(1.0, [], PLAN)
+    runner_a = measurement.arms["A"].runner
+    original = runner_a.load
+    loads = []
+
+    def dies_on_the_fifth_load(case: Case) -> LoadResult:
+        loads.append(case)
+        if len(loads) == 5:
+            raise BackendUnavailableError("cannot connect to http://127.0.0.1:1/: refused")
+        return original(case)
+
+    runner_a.load = dies_on_the_fifth_load  # type: ignore[method-assign]
+    paired = measurement.run(CASE)
+    assert paired.error is not None
+    assert "BackendUnavailableError: cannot connect" in paired.error
+    assert len(paired.rounds) >= 2  # the rounds before the failure are kept

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lmgauge.errors import LmgaugeError
 from lmgauge.machine import Disturbance, DisturbanceMonitor
 from lmgauge.measure import Sample
 from lmgauge.metrics import JUDGED_SAMPLE_METRICS, SAMPLE_METRICS, higher_is_better
@@ -245,7 +246,15 @@ class PairedMeasurement:
             if paired.rounds and self.plan.cooldown_s:
                 time.sleep(self.plan.cooldown_s)
             round_started = time.perf_counter()
-            round_ = self._round(case, len(paired.rounds), rng, paired)
+            try:
+                round_ = self._round(case, len(paired.rounds), rng, paired)
+            except LmgaugeError as exc:  # e.g. a server that died: the rounds so far stand
+                paired.error = (
+                    f"round {len(paired.rounds) + 1} failed: {type(exc).__name__}: {exc} "
+                    f"({len(paired.kept)} rounds measured before it are in the report)"
+                )
+                paired.stop_reason = "an error"
+                break
             paired.rounds.append(round_)
             round_s = time.perf_counter() - round_started
             paired.elapsed_s = time.perf_counter() - started
@@ -262,7 +271,10 @@ class PairedMeasurement:
                     break
         if len(paired.kept) and not sequential.is_look(len(paired.kept)):
             self._judge(paired)  # stopped between looks: this one replaces the next look
-        self._deactivate(case)
+        try:
+            self._deactivate(case)
+        except LmgaugeError as exc:
+            paired.error = paired.error or f"{type(exc).__name__}: {exc}"
         paired.elapsed_s = time.perf_counter() - started
         paired.not_gated = self._not_gated(paired)
         self.on_round(paired)
