@@ -28,29 +28,16 @@ import pytest_asyncio
 from lmgauge.backends.base import GenerateRequest, LoadSettings
 from lmgauge.backends.mlx import MLXBackend
 from lmgauge.backends.openai import OpenAIBackend
-from lmgauge.catalog import Architecture
 from lmgauge.errors import ConfigError, ContextTooLargeError, ModelFileError, ModelNotFoundError
 from lmgauge.measure import measure, measure_one
 from lmgauge.synthetic_mlx import SYNTHETIC_MARKER, synthetic_mlx_model
 
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' shared helper modules
+from tiny_models import TINY_MLX_QWEN3
+
 pytest.importorskip("mlx_lm", reason="mlx-lm is not installed: pip install -e '.[mlx]'")
 
 ASYNC = pytest.mark.asyncio(loop_scope="module")  # one loop: the loaded engine is shared
-TINY_MLX_QWEN3 = Architecture(
-    name="lmgauge-tiny-qwen3-mlx",
-    gguf_arch="qwen3",
-    n_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=64,
-    vocab_size=151936,
-    tied_embeddings=True,
-    native_context=4096,
-    max_context=4096,
-    published_params=0.0,
-)
 # No trailing space: mlx-lm's BPE detokenizer holds a lone space back until the next token.
 PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
 QWEN_EOS = (151643, 151645)

@@ -25,10 +25,12 @@ import httpx
 import psutil
 import pytest
 
-from lmgauge.catalog import Architecture
 from lmgauge.config import ServerStart, lint_config, load_config
 from lmgauge.errors import ConfigError, ServerStartError
 from lmgauge.servers import ManagedServer, build_command, stop_command
+
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' shared helper modules
+from tiny_models import TINY_MLX_QWEN3
 
 FAKES = Path(__file__).parent / "fakes"
 README = Path(__file__).parent.parent / "configs" / "README.md"
@@ -490,24 +492,6 @@ def test_real_llama_cpp_server_starts_answers_and_stops(tmp_path: Path, tiny_ggu
     assert server.exit_code is not None
     assert server.log_path.stat().st_size > 0
     assert "--- lmgauge: stopped, exit code" in server.log_path.read_text()
-
-
-# The same tiny architecture as tests/test_mlx.py, so the cached model folder is shared.
-TINY_MLX_QWEN3 = Architecture(
-    name="lmgauge-tiny-qwen3-mlx",
-    gguf_arch="qwen3",
-    n_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=64,
-    vocab_size=151936,
-    tied_embeddings=True,
-    native_context=4096,
-    max_context=4096,
-    published_params=0.0,
-)
 
 
 def test_real_mlx_lm_server_runs_with_the_config_flags(
