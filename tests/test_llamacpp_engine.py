@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,3 +147,23 @@ async def test_exact_prompt_lengths_with_the_real_tokenizer(
         )
         assert sample.prompt_tokens == n
         assert sample.valid
+
+
+def test_the_header_is_read_once_per_version_of_the_file(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every arm switch of the paired gate loads the model again: the header read
+    (~0.25 s on the 0.6B file) is not repeated, but a rewritten file is read afresh."""
+    from lmgauge.backends import llamacpp
+
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_gguf.read_bytes())
+    reads: list[Path] = []
+    real = llamacpp.read_gguf_header
+    monkeypatch.setattr(llamacpp, "read_gguf_header", lambda p: reads.append(p) or real(p))
+    first = llamacpp.cached_gguf_header(copy)
+    assert llamacpp.cached_gguf_header(copy) == first
+    assert reads == [copy]
+    os.utime(copy, ns=(0, copy.stat().st_mtime_ns + 1_000_000))
+    assert llamacpp.cached_gguf_header(copy) == first
+    assert reads == [copy, copy]
