@@ -256,3 +256,20 @@ def test_an_ollama_server_not_running_the_config_is_refused_by_name(
             "the config says 'q8_0', the running server has unset (default 'f16')*"
         ]
     )
+
+
+def test_the_disturbance_limit_reaches_every_sample(pytester: pytest.Pytester) -> None:
+    """--lmgauge-disturbance-limit voids samples as it discards rounds: one limit."""
+    pytester.makepyfile(
+        test_limit="""
+from lmgauge.verdicts import CheckSession
+
+
+def test_limit(lmgauge: CheckSession) -> None:
+    assert lmgauge.workload.disturbance_limit == 0.9
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "--lmgauge-backend", "llamacpp", "--lmgauge-disturbance-limit", "0.9", *SHORT[2:]
+    )
+    result.assert_outcomes(passed=1)

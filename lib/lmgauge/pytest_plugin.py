@@ -239,6 +239,7 @@ def lmgauge_session(config: pytest.Config) -> CheckSession:
             max_samples=config.getoption("--lmgauge-max-samples"),
             max_extra_sampling_s=config.getoption("--lmgauge-max-extra-s"),
             threads=config.getoption("--lmgauge-threads"),
+            disturbance_limit=config.getoption("--lmgauge-disturbance-limit"),
         ),
         profile_override=config.getoption("--lmgauge-profile"),
         baselines=Path(config.getoption("--lmgauge-baselines")),
