@@ -112,17 +112,26 @@ def scripted_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(paired_module, "DisturbanceMonitor", ScriptedMonitor)
 
 
-def test_every_stretch_starts_from_a_fresh_load_and_the_order_is_random() -> None:
+def test_every_switch_of_arms_reloads_and_the_order_is_random() -> None:
     log: list[str] = []
     paired = _measurement(1.0, log, PLAN).run(CASE)
     stretches = [i for i, line in enumerate(log) if line.startswith("sample")]
-    for i in stretches:  # each stretch: the other arm unloaded, this one loaded, then sampled
+    previous = None
+    for i in stretches:
         arm = log[i].split()[1]
-        assert log[i - 1] == f"load {arm}"
-        assert f"unload {'B' if arm == 'A' else 'A'}" in log[: i - 1] or i == stretches[0]
-    orders = {round_.order for round_ in paired.rounds}
-    assert orders == {("A", "B"), ("B", "A")}  # both orders occur (seeded)
-    assert all(sorted(r.order) == ["A", "B"] for r in paired.rounds)
+        if arm == previous:  # the same arm goes on: no switch, no reload
+            assert log[i - 1] == f"sample {arm}"
+        else:  # a switch: the other arm unloaded, this one loaded, then sampled
+            assert log[i - 1] == f"load {arm}"
+            assert previous is None or log[i - 2] == f"unload {previous}"
+        previous = arm
+    orders = [round_.order for round_ in paired.rounds]
+    assert set(orders) == {("A", "B"), ("B", "A")}  # both orders occur (seeded)
+    assert all(sorted(order) == ["A", "B"] for order in orders)
+    continued = sum(a[-1] == b[0] for a, b in zip(orders, orders[1:], strict=False))
+    assert continued > 0  # the case this rule is for occurred
+    loads = [r.arms[name].load_s for r in paired.rounds for name in "AB"]
+    assert loads.count(None) == continued  # a stretch without a switch has no load time
 
 
 def test_a_slower_candidate_is_a_regression_and_a_faster_one_an_improvement() -> None:
