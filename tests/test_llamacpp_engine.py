@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path

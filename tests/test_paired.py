@@ -4,6 +4,7 @@ arm is; the statistics are the real ones (paired_stats)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -128,7 +129,7 @@ def test_every_switch_of_arms_reloads_and_the_order_is_random() -> None:
     orders = [round_.order for round_ in paired.rounds]
     assert set(orders) == {("A", "B"), ("B", "A")}  # both orders occur (seeded)
     assert all(sorted(order) == ["A", "B"] for order in orders)
-    continued = sum(a[-1] == b[0] for a, b in zip(orders, orders[1:], strict=False))
+    continued = sum(a[-1] == b[0] for a, b in itertools.pairwise(orders))
     assert continued > 0  # the case this rule is for occurred
     loads = [r.arms[name].load_s for r in paired.rounds for name in "AB"]
     assert loads.count(None) == continued  # a stretch without a switch has no load time

@@ -3,9 +3,10 @@
 Each round runs arm A and arm B once each, in a fresh random order, ``k`` samples per
 arm. Every switch of arms loads the model again with the new arm's settings (in-process
 engines, servers with a load API) or restarts its managed server with them; where a
-round begins with the arm the last one ended with, that arm goes on without a reload. Per metric, a round yields one ratio B/A of the two arms' round medians.
-The machine's drift between rounds falls on both arms of a round alike and cancels in the
-ratio: randomized multiple interleaved trials (Abedi & Brecht, "Conducting Repeatable
+round begins with the arm the last one ended with, that arm goes on without a reload.
+Per metric, a round yields one ratio B/A of the two arms' round medians. The machine's
+drift between rounds falls on both arms of a round alike and cancels in the ratio:
+randomized multiple interleaved trials (Abedi & Brecht, "Conducting Repeatable
 Experiments in Highly Variable Cloud Computing Environments", ICPE 2017), where runs
 recorded at another time called identical systems up to 38% apart.
 
