@@ -96,7 +96,6 @@ def read_gguf_header(path: Path) -> dict[str, str]:
         model.close()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it untyped
 
 
-
 def cached_gguf_header(path: Path) -> dict[str, str]:
     """read_gguf_header, read once per version of the file (its size and mtime).
 
@@ -113,6 +112,7 @@ def cached_gguf_header(path: Path) -> dict[str, str]:
 @functools.lru_cache(maxsize=16)
 def _gguf_header_of_version(path: Path, size: int, mtime_ns: int) -> dict[str, str]:
     return read_gguf_header(path)
+
 
 @dataclass
 class _Loaded:
