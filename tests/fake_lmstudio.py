@@ -6,9 +6,18 @@ Written from LM Studio's documentation (github.com/lmstudio-ai/docs, 2026-04 sna
   carries ``stats``: input_tokens, total_output_tokens, reasoning_output_tokens,
   tokens_per_second, time_to_first_token_seconds, model_load_time_seconds only after a load);
   ``model_load.*`` events when the request had to load the model; ``reasoning``: "on" | "off".
-- 1_developer/2_rest/list.md, load.md, unload.md: ``GET /api/v1/models`` (every model, with
-  ``loaded_instances``), ``POST /api/v1/models/load`` (snake_case config, ``load_time_seconds``)
-  and ``/unload`` (by ``instance_id``).
+- 1_developer/2_rest/list.md, load.md, unload.md (checked at lmstudio-ai/docs c6854fb):
+  ``GET /api/v1/models`` (every model, with ``loaded_instances`` whose config has
+  ``parallel``, and a multi-variant model's ``variants`` and ``selected_variant``);
+  ``POST /api/v1/models/load`` (top-level context_length, eval_batch_size, flash_attention,
+  num_experts, offload_kv_cache_to_gpu; ``load_time_seconds``; ``load_config`` only with
+  ``echo_load_config``, holding only the fields that applied: an MLX model's has no
+  eval_batch_size or flash_attention) and ``/unload`` (by ``instance_id``). Defaults as
+  lmstudio-js 6ec11db packages/lms-kv-config/src/schema.ts: evalBatchSize 2048 (L354),
+  numParallelSessions 4 (L336-340), flashAttention false (L365), offloadKVCacheToGpu true.
+- 3_cli/0_local-models/get.md L18: a quantization variant is named ``key@q4_k_m``; the fake
+  loads it (a variant that is not downloaded is ``model_not_found``). ``serves_variant`` on a
+  FakeModel makes it load that variant whatever is asked, as the closed resolver might.
 - 1_developer/2_rest/endpoints.mdx: the v0 API (``/api/v0/models`` with state loaded|not-loaded;
   chat/completions and completions whose non-streamed answers carry ``stats``).
 - 1_developer/0_core/ttl-and-auto-evict.md: JIT loading, idle TTL (60 min default, ``ttl`` in
@@ -56,6 +65,13 @@ class FakeModel:
     max_context_length: int = 40960
     reasoning_default: str | None = "on"  # None: the model has no reasoning setting
     answer_tokens: int = 4096  # natural answer length: it stops ("stop") after these
+    variants: tuple[str, ...] | None = None  # downloaded variants; None: its quantization's
+    serves_variant: str | None = None  # loads this variant whatever variant is asked for
+
+    def variant_names(self) -> tuple[str, ...]:
+        if self.variants is not None:
+            return self.variants
+        return (self.quantization.lower(),) if self.format == "gguf" else ()
 
 
 @dataclass
@@ -66,6 +82,7 @@ class Instance:
     jit: bool
     ttl_s: float | None
     last_used: float = field(default_factory=time.monotonic)
+    variant: str | None = None  # e.g. "q8_0"
 
 
 DEFAULT_MODELS = (
@@ -150,6 +167,7 @@ class FakeLMStudio:
         self.reasoning_tokens, self.api_key, self.rest_v1 = reasoning_tokens, api_key, rest_v1
         self.jit, self.jit_ttl_s, self.auto_evict = jit, jit_ttl_s, auto_evict
         self.instances: dict[str, Instance] = {}
+        self.selected: dict[str, str] = {}  # model key -> its selected variant
         self.requests: list[
             tuple[str, str, dict[str, str], Any]
         ] = []  # method, path, headers, body
@@ -184,17 +202,37 @@ class FakeLMStudio:
                 del self.instances[key]
 
     def _find(self, name: str, v1: bool) -> tuple[FakeModel, Instance | None]:
+        model, _ = self._resolve(name, v1)
         with self.lock:
             self._expire()
             if name in self.instances:
                 return self.instances[name].model, self.instances[name]
-            if name not in self.models:
-                raise _Answer(404, _not_found(name, v1))
-            inst = next((i for i in self.instances.values() if i.model.key == name), None)
-            return self.models[name], inst
+            inst = next((i for i in self.instances.values() if i.model is model), None)
+            return model, inst
+
+    def _resolve(self, name: str, v1: bool) -> tuple[FakeModel, str | None]:
+        """The model a name means, and the variant it asks for (None: the selected one)."""
+        with self.lock:
+            if name in self.instances:
+                return self.instances[name].model, self.instances[name].variant
+        key, _, variant = name.partition("@")
+        model = self.models.get(key)
+        if model is None or (variant and variant.lower() not in model.variant_names()):
+            raise _Answer(404, _not_found(name, v1))
+        return model, variant.lower() or None
+
+    def variant_of(self, model: FakeModel) -> str | None:
+        names = model.variant_names()
+        return self.selected.get(model.key, names[0] if names else None)
 
     def load(
-        self, model: FakeModel, config: dict[str, Any], *, jit: bool, ttl_s: float | None
+        self,
+        model: FakeModel,
+        config: dict[str, Any],
+        *,
+        jit: bool,
+        ttl_s: float | None,
+        variant: str | None = None,
     ) -> tuple[Instance, float]:
         """Load an instance (a second one gets ``key:2``, as LM Studio names them)."""
         start = time.perf_counter()
@@ -208,9 +246,17 @@ class FakeLMStudio:
                 n += 1
                 ids = f"{model.key}:{n}"
             config = {"context_length": 4096, **config}
+            if model.type == "llm" and model.format == "gguf":
+                defaults = {"eval_batch_size": 2048, "flash_attention": False}
+                config = {**defaults, "offload_kv_cache_to_gpu": True, **config}
+            elif model.type == "llm":  # the MLX engine applies the context length only
+                config = {"context_length": config["context_length"]}
             if model.type == "llm":
-                config = {"eval_batch_size": 512, "parallel": 4, "flash_attention": True, **config}
-            inst = Instance(ids, model, config, jit, ttl_s)
+                config["parallel"] = config.get("parallel", 4)
+            variant = model.serves_variant or variant or self.variant_of(model)
+            if variant is not None:
+                self.selected[model.key] = variant
+            inst = Instance(ids, model, config, jit, ttl_s, variant=variant)
             self.instances[ids] = inst
         return inst, time.perf_counter() - start
 
@@ -222,7 +268,8 @@ class FakeLMStudio:
             if not self.jit:
                 raise _Answer(404, _not_found(f"{name} (not loaded; JIT loading is off)", v1))
             ttl_s = float(ttl) if isinstance(ttl, int | float) else self.jit_ttl_s
-            inst, load_time = self.load(model, {}, jit=True, ttl_s=ttl_s)
+            variant = self._resolve(name, v1)[1]
+            inst, load_time = self.load(model, {}, jit=True, ttl_s=ttl_s, variant=variant)
         inst.last_used = time.monotonic()
         return inst, load_time
 
@@ -278,14 +325,16 @@ class FakeLMStudio:
                 ]
             return 0, json.dumps(listed) + "\n", ""
         if argv[:1] == ["load"] and len(argv) > 1:
-            if argv[1] not in self.models:
+            try:
+                model, variant = self._resolve(argv[1], v1=True)
+            except _Answer:
                 return 1, "", f"Error: Cannot find a model matching {argv[1]!r}\n"
             config = {"context_length": int(flags.get("--context-length", 4096))}
             if "--parallel" in flags:
                 config["parallel"] = int(flags["--parallel"])
             ttl = float(flags["--ttl"]) if "--ttl" in flags else None
-            inst, took = self.load(self.models[argv[1]], config, jit=False, ttl_s=ttl)
-            size = self.models[argv[1]].size_bytes / 2**30
+            inst, took = self.load(model, config, jit=False, ttl_s=ttl, variant=variant)
+            size = model.size_bytes / 2**30
             return (
                 0,
                 "",
@@ -386,6 +435,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # --- GET ---------------------------------------------------------------------------------
 
     def _v0_entry(self, m: FakeModel) -> dict[str, Any]:
+        variant = self.fake.variant_of(m)
         with self.fake.lock:
             self.fake._expire()
             inst = next((i for i in self.fake.instances.values() if i.model is m), None)
@@ -396,7 +446,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "publisher": m.publisher,
             "arch": m.arch,
             "compatibility_type": m.format,
-            "quantization": m.quantization,
+            "quantization": m.quantization if variant is None else variant.upper(),
             "state": "loaded" if inst else "not-loaded",
             "max_context_length": m.max_context_length,
         }
@@ -426,12 +476,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             instances = list(self.fake.instances.values())
         models = []
         for m in self.fake.models.values():
+            variant = self.fake.variant_of(m)
+            quantization = m.quantization if variant is None else variant.upper()
             entry: dict[str, Any] = {
                 "type": m.type,
                 "publisher": m.publisher,
                 "key": m.key,
                 "display_name": m.key.rsplit("/", 1)[-1],
-                "quantization": {"name": m.quantization, "bits_per_weight": m.bits_per_weight},
+                "quantization": {"name": quantization, "bits_per_weight": m.bits_per_weight},
                 "size_bytes": m.size_bytes,
                 "params_string": None,
                 "loaded_instances": [
@@ -448,13 +500,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "trained_for_tool_use": True,
                     **({"reasoning": reasoning} if m.reasoning_default else {}),
                 }
+            if variant is not None:
+                entry["variants"] = [f"{m.key}@{v}" for v in m.variant_names()]
+                entry["selected_variant"] = f"{m.key}@{variant}"
             models.append(entry)
         self._json(200, {"models": models})
 
     # --- model management --------------------------------------------------------------------
 
     def _POST_api_v1_models_load(self, body: Any) -> None:
-        model, _ = self.fake._find(str(body.get("model")), v1=True)
+        model, variant = self.fake._resolve(str(body.get("model")), v1=True)
         known = {"context_length", "eval_batch_size", "flash_attention", "num_experts"}
         known |= {"offload_kv_cache_to_gpu"}
         unknown = set(body) - known - {"model", "echo_load_config"}
@@ -462,11 +517,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             message = f"Unrecognized key(s) in object: {', '.join(sorted(unknown))}"
             raise _Answer(400, {"error": {"type": "invalid_request", "message": message}})
         config = {k: v for k, v in body.items() if k in known}
-        inst, took = self.fake.load(model, config, jit=False, ttl_s=None)
+        inst, took = self.fake.load(model, config, jit=False, ttl_s=None, variant=variant)
         answer = {"type": model.type, "instance_id": inst.id, "load_time_seconds": round(took, 3)}
         answer["status"] = "loaded"
-        if body.get("echo_load_config"):
-            answer["load_config"] = dict(inst.config)
+        if body.get("echo_load_config"):  # the load fields that applied; not "parallel"
+            answer["load_config"] = {k: v for k, v in inst.config.items() if k in known}
         self._json(200, answer)
 
     def _POST_api_v1_models_unload(self, body: Any) -> None:

@@ -5,29 +5,38 @@ docs/api/streaming.mdx and docs/api/errors.mdx, and from server/routes.go, serve
 and llm/llama_server.go where the docs are silent. What it reproduces:
 
 - a real HTTP/1.1 server on 127.0.0.1 (``ThreadingHTTPServer`` in a thread); streamed
-  answers are NDJSON (``application/x-ndjson``) in chunked encoding, one object a token,
-  JSON encoded as Go does (``<>&``, U+2028 and U+2029 escaped, U+0085 left raw);
+  answers are NDJSON (``application/x-ndjson``) in chunked encoding, JSON encoded as Go
+  does (``<>&``, U+2028 and U+2029 escaped, U+0085 left raw);
+- objects as ollama/ollama fb30760 sends them: only with text (llm/llama_server.go L1705,
+  L2036; server/routes.go L726, L2832), so a thinking tag makes no object, except on
+  /api/generate with ``raw`` and thinking, whose generic thinking parser sends them empty
+  (routes.go L697-700, L733); a token that ends inside a UTF-8 character (the answer's
+  " ☀" is two tokens) is held back and sent in one object with the next;
 - the final object: ``done_reason`` ("length" at num_predict, "stop" at end of sequence)
   and durations in ns, zero ones left out (Go's omitempty). load_duration runs from the
   request's arrival until the model is ready (a cold load takes ``load_s``, a warm one a
   few ms); prompt_eval_duration until the first token; eval_duration from the first token
   to the last, as llama.cpp times them, measured on the real send schedule; eval_count
-  includes the end-of-sequence token of a model that stops on its own; prompt_eval_count
-  includes prompt tokens served from the prompt cache (always on), which take no time;
+  includes the end-of-sequence token of a model that stops on its own; the prompt cache
+  is always on (Ollama hard-codes ``cache_prompt: true``, llm/llama_server.go L1562): the
+  longest common prefix with the model's last prompt, or with an earlier one kept in
+  llama-server's RAM prompt cache, is reused; prompt_eval_count counts it (cache_n +
+  prompt_n, L1503-1513) and prompt_eval_duration does not;
 - an empty prompt (no messages for /api/chat) loads the model and answers one JSON object
   with done_reason "load" and no timings; with keep_alive 0 it unloads ("unload") and the
   model leaves /api/ps a moment later; runner options other than the loaded model's
   (num_ctx, num_batch, num_thread, use_mmap, num_gpu, main_gpu) reload it;
 - ``think`` left out means on for a thinking model, whose thinking comes first in
-  ``thinking`` fields (its tags as objects with no text); ``think`` on a model without
+  ``thinking`` fields (its tags are tokens with no text); ``think`` on a model without
   thinking is 400;
-- errors are ``{"error": "..."}``: 404 ``model 'x' not found``, 503 when more than
-  ``max_queue`` requests are in flight (OLLAMA_MAX_QUEUE), and mid-stream one error line
-  under the 200 already sent.
+- errors are ``{"error": "..."}``: 404 ``model 'x' not found``, 500 ``option "stop" must
+  be of type array`` for an option of the wrong JSON type (api/types.go Options.FromMap,
+  L1017-1062, after the model check), 503 when more than ``max_queue`` requests are in
+  flight (OLLAMA_MAX_QUEUE), and mid-stream one error line under the 200 already sent.
 
 Simplifications: it generates words from a list, a prompt token is a word, and requests
 run side by side (no OLLAMA_NUM_PARALLEL slots). Misbehaviour switches for tests:
-``malformed_after``, ``disconnect_after`` and ``error_after`` (a token index).
+``malformed_after``, ``disconnect_after`` and ``error_after`` (an object index).
 """
 
 from __future__ import annotations
@@ -45,8 +54,31 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ANSWER_WORDS = (" The", " sky", " is", " blue", " ☀", " déjà", " 天空", "\u0085", "\n")
+# The answer's tokens as bytes: " ☀" (E2 98 80) is two, the first ending mid-character.
+ANSWER_TOKENS = (
+    b" The",
+    b" sky",
+    b" is",
+    b" blue",
+    b" \xe2\x98",
+    b"\x80",
+    " déjà".encode(),
+    " 天空".encode(),
+    "\u0085".encode(),
+    b"\n",
+)
 THINKING_WORDS = (" Let", " me", " think", " about", " it", ".")
+# api/types.go Options and Runner fields by JSON type, as Options.FromMap checks them.
+INTEGER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep")
+INTEGER_OPTIONS += ("draft_num_predict", "seed", "num_predict", "top_k", "repeat_last_n")
+FLOAT_OPTIONS = ("top_p", "min_p", "typical_p", "temperature", "repeat_penalty")
+FLOAT_OPTIONS += ("presence_penalty", "frequency_penalty")
+OPTION_TYPES: dict[str, str] = {
+    **dict.fromkeys(INTEGER_OPTIONS, "integer"),
+    **dict.fromkeys(FLOAT_OPTIONS, "float32"),
+    "use_mmap": "boolean",
+    "stop": "array",
+}
 TEMPLATE_TOKENS = 9  # what a chat template adds around the prompt
 RUNNER_DEFAULTS: dict[str, Any] = {
     "num_ctx": 4096,
@@ -80,7 +112,8 @@ class _Loaded:
     expires_at: float  # unix time; math.inf: never
     size: int
     size_vram: int
-    prompt_words: list[str] = field(default_factory=list)  # the prompt cache
+    prompt_words: list[str] = field(default_factory=list)  # the slot's prompt
+    saved: list[list[str]] = field(default_factory=list)  # llama-server's --cache-ram states
 
 
 def go_json(obj: Any) -> bytes:
@@ -105,6 +138,23 @@ def parse_keep_alive(value: Any) -> float:
         float(n) * units[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)(ns|us|ms|s|m|h)", str(value))
     )
     return math.inf if str(value).startswith("-") else seconds
+
+
+def option_error(options: Mapping[str, Any]) -> str | None:
+    """Options.FromMap's error for a value of the wrong JSON type, or None."""
+    for key, value in options.items():
+        kind = OPTION_TYPES.get(key)
+        if value is None or kind is None:
+            continue  # unknown options are logged and ignored
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind == "array":
+            if not isinstance(value, list):
+                return f'option "{key}" must be of type array'
+            if not all(isinstance(item, str) for item in value):
+                return f'option "{key}" must be of an array of strings'
+        elif (kind == "boolean") != isinstance(value, bool) or (kind != "boolean" and not number):
+            return f'option "{key}" must be of type {kind}'
+    return None
 
 
 def _now() -> str:
@@ -273,14 +323,30 @@ class FakeOllama:
         timer.start()
 
     def prefill(self, name: str, words: list[str]) -> float:
-        """Seconds to evaluate ``words`` after the cached prefix, which is then updated."""
+        """Seconds to evaluate ``words`` after the reused prefix. As llama-server, which
+        Ollama starts without --cache-ram (so with its 8192 MiB default): the slot's last
+        prompt is saved in a RAM cache, and the saved prompt that keeps the most of itself
+        (at least a quarter) is restored if it beats the slot's (llama.cpp 0c1e57098
+        tools/server/server-task.cpp L1793-1823)."""
+
+        def common(old: list[str]) -> int:
+            shared = 0
+            for a, b in zip(old, words, strict=False):
+                if a != b:
+                    break
+                shared += 1
+            return shared
+
         with self._state:
             entry = self.loaded[name]
-            cached = 0
-            for old, new in zip(entry.prompt_words, words, strict=False):
-                if old != new:
-                    break
-                cached += 1
+            best = entry.prompt_words
+            for state in entry.saved:
+                shared = common(state) if state else 0
+                if shared >= len(state) / 4 and shared > common(best):
+                    best = state
+            cached = common(best) if best else 0
+            if entry.prompt_words:
+                entry.saved = [*entry.saved[-63:], entry.prompt_words]
             entry.prompt_words = words
         cached = min(cached, len(words) - 1)  # the last prompt token is always evaluated
         return self.ttft_s * (len(words) - cached) / len(words)
@@ -432,6 +498,9 @@ class _Handler(BaseHTTPRequestHandler):
         if think not in (None, False) and not model.thinking:
             return self._error(400, f'"{body["model"]}" does not support thinking')
         options = body.get("options") or {}
+        wrong = option_error(options) if isinstance(options, dict) else None
+        if wrong is not None:
+            return self._error(500, wrong)
         fake.schedule(name, options, keep_alive)
         loaded = time.perf_counter()
         if empty:
@@ -441,6 +510,7 @@ class _Handler(BaseHTTPRequestHandler):
             words = ["<|im_start|>"] * TEMPLATE_TOKENS + words
         prefill_s = fake.prefill(name, words)
         n_think = model.thinking_tokens if model.thinking and think is not False else 0
+        empty_tags = not chat and bool(body.get("raw")) and n_think > 0
         num_predict = int(options.get("num_predict", -1))
         limit = num_predict if num_predict >= 0 else 10 * RUNNER_DEFAULTS["num_ctx"]
         natural = None if model.answer_tokens is None else n_think + model.answer_tokens
@@ -453,22 +523,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         time.sleep(max(0.0, loaded + prefill_s - time.perf_counter()))
         first = last = time.perf_counter()
-        for i, obj in enumerate(self._tokens(reply, n, n_think)):
+        sent = 0  # objects
+        for i, obj in self._tokens(reply, n, n_think, empty_tags=empty_tags):
             if i > 0:
                 time.sleep(max(0.0, first + i * fake.itl_s - time.perf_counter()))
-            if i == fake.disconnect_after:
-                self.connection.shutdown(socket.SHUT_RDWR)
-                self.close_connection = True
-                return None
-            if i == fake.error_after:
-                self._chunk(go_json({"error": "an error was encountered while running the model"}))
-                return self._chunk(b"", end=True)
             last = time.perf_counter()  # when the token was made, as llama.cpp stamps it
             if i == 0:
                 first = last
-            if i == fake.malformed_after:
+            if obj is None:
+                continue  # a token with no text of its own (yet)
+            if sent == fake.disconnect_after:
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return None
+            if sent == fake.error_after:
+                self._chunk(go_json({"error": "an error was encountered while running the model"}))
+                return self._chunk(b"", end=True)
+            if sent == fake.malformed_after:
                 self._chunk(b'{"model":"' + name.encode() + b'","response":\n')
             self._chunk(go_json(obj) + b"\n")
+            sent += 1
         eval_count = n
         if stopped:  # sampling the end-of-sequence token is one more decode step
             time.sleep(max(0.0, first + n * fake.itl_s - time.perf_counter()))
@@ -490,14 +564,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _tokens(
-        reply: Callable[..., dict[str, Any]], n: int, n_think: int
-    ) -> Iterator[dict[str, Any]]:
+        reply: Callable[..., dict[str, Any]], n: int, n_think: int, *, empty_tags: bool
+    ) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Each token's index and the object it completes (None: it completes none)."""
+        held = b""  # bytes of an unfinished UTF-8 character, sent with the next token
         for i in range(n):
             if i < n_think:
-                tag = i in (0, n_think - 1)  # <think> and </think>: no text of their own
-                yield reply() if tag else reply(thinking=THINKING_WORDS[i % len(THINKING_WORDS)])
-            else:
-                yield reply(ANSWER_WORDS[(i - n_think) % len(ANSWER_WORDS)])
+                if i in (0, n_think - 1):  # <think> and </think>: no text of their own
+                    yield i, reply() if empty_tags else None
+                else:
+                    yield i, reply(thinking=THINKING_WORDS[i % len(THINKING_WORDS)])
+                continue
+            held += ANSWER_TOKENS[(i - n_think) % len(ANSWER_TOKENS)]
+            try:
+                text = held.decode()
+            except UnicodeDecodeError:
+                yield i, None
+                continue
+            held = b""
+            yield i, reply(text)
 
     def _chunk(self, data: bytes, *, end: bool = False) -> None:
         self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data) if data else b"")

@@ -168,3 +168,23 @@ def test_the_thinking_label_runs_with_the_seeds_timeout_and_one_request_at_a_tim
     assert (entry.thinking, entry.request_timeout_s, entry.max_concurrency) == (True, 1800.0, 1)
     plain = resolve_model("qwen3-30b")
     assert (plain.thinking, plain.max_concurrency) == (False, None)
+
+
+def test_lm_studio_names_carry_the_quantization_as_a_variant() -> None:
+    """LM Studio names a quantization variant ``key@q4_k_m`` (lmstudio-ai/docs c6854fb
+    3_cli/0_local-models/get.md L18; 1_developer/2_rest/list.md L180-183): without it two
+    quantizations of a case would load the same file."""
+    qwen8 = resolve_model("qwen3-8b")
+    assert qwen8.tag("lmstudio", "Q4_K_M") == "qwen/qwen3-8b@q4_k_m"
+    assert qwen8.tag("lmstudio", "Q8_0") == "qwen/qwen3-8b@q8_0"
+    assert qwen8.tag("lmstudio", "F16") == "qwen/qwen3-8b@f16"
+    assert resolve_model("qwen3-7b").tag("lmstudio", "Q4_K_M") == "qwen2.5-7b-instruct@q4_k_m"
+    gguf = [q for q in QUANTIZATIONS.values() if q.format == "gguf"]
+    assert all(q.backend_spelling["lmstudio"] == q.name.lower() for q in gguf)
+    for label in CATALOG.labels:
+        entry = resolve_model(label)
+        names = {entry.tag("lmstudio", q) for q in ("Q4_K_M", "Q8_0")}
+        # the seed's MLX build of the thinking model has no documented variant names
+        assert len(names) == 2 or label == "qwen3-30b-thinking", label
+    with pytest.raises(UnknownQuantizationError, match="lmstudio does not serve mlx"):
+        qwen8.tag("lmstudio", "4bit")

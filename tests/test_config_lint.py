@@ -51,7 +51,6 @@ FLAGGED = {
         "server.max_requests",
         "server.timeout",
         "load.gpu_layers",
-        "load.context_length",
         "load.batch_size",
         "load.threads",
         "load.rope_freq_base",
@@ -88,8 +87,19 @@ REAL = {
         "options.seed",
     },
     "seed004-ollama.toml": {"server.CUDA_VISIBLE_DEVICES", "load.use_mmap"},
-    "seed000-lmstudio.toml": {"server.port", "server.cors"},
-    "seed004-lmstudio.toml": {"options.temperature", "options.presence_penalty"},
+    "seed000-lmstudio.toml": {
+        "server.port",
+        "server.cors",
+        "load.context_length",
+        "load.flash_attention",
+    },
+    "seed001-lmstudio.toml": {"load.context_length"},
+    "seed004-lmstudio.toml": {
+        "options.temperature",
+        "options.presence_penalty",
+        "load.flash_attention",
+        "load.context_length",
+    },
 }
 
 
@@ -109,9 +119,12 @@ def test_no_real_setting_of_the_seeds_is_flagged(name: str) -> None:
 
 
 def test_every_lm_studio_key_of_seed_000_is_a_seed_name_not_lm_studios() -> None:
+    """Except the port, CORS, and the two that are REST load fields by the same name
+    (lmstudio-ai/docs c6854fb 1_developer/2_rest/load.md)."""
     config = load_config(CONFIGS / "seeds" / "seed000-lmstudio.toml")
     everything = {f"{s}.{k}" for s in ("server", "load") for k in config.section(s)}
-    assert errors_in("seed000-lmstudio.toml") == everything - {"server.port", "server.cors"}
+    real = {"server.port", "server.cors", "load.context_length", "load.flash_attention"}
+    assert errors_in("seed000-lmstudio.toml") == everything - real
 
 
 @pytest.mark.parametrize(
@@ -136,7 +149,7 @@ def test_every_lm_studio_key_of_seed_000_is_a_seed_name_not_lm_studios() -> None
         (
             "seed001-lmstudio.toml",
             "load.batch_size",
-            "batch_size is not an LM Studio setting; LM Studio's setting is `evalBatchSize`",
+            "batch_size is not an LM Studio setting; the REST load field is `eval_batch_size`",
         ),
     ],
 )
@@ -220,11 +233,10 @@ def test_load_settings_and_request_options_per_backend() -> None:
     assert load_settings(ollama, 16384) == LoadSettings(context_tokens=16384, batch_tokens=512)
     lmstudio = load_config(CONFIGS / "lmstudio-baseline.toml")
     settings = load_settings(lmstudio, 4096)
-    assert (settings.flash_attention, settings.batch_tokens, settings.parallel_slots) == (
-        True,
-        512,
-        1,
-    )
+    assert settings.flash_attention is True
+    # eval_batch_size travels under its REST name: sent because the config sets it, even
+    # where it equals lmgauge's own default batch (512, not LM Studio's 2048).
+    assert dict(settings.extra) == {"eval_batch_size": 512}
     seed = load_config(CONFIGS / "seeds" / "seed000-ollama.toml")
     assert request_options(seed)["top_k"] == 40
     assert "tfs_z" not in request_options(seed)  # fictional settings are never sent
@@ -237,3 +249,87 @@ def test_lint_config_command_exit_codes(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "seed004-ollama.toml: server.OLLAMA_NUMA_POLICY: error: OLLAMA_NUMA_POLICY" in out
     assert "1 file(s): 6 error(s), 1 warning(s)" in out
+
+
+def lint(tmp_path: Path, backend: str, text: str) -> list[str]:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[gate]\nbackend = "{backend}"\nmodels = ["qwen3-7b"]\nquantizations = ["Q4_K_M"]\n'
+        "contexts = [4096]\n" + text
+    )
+    return [str(p) for p in lint_config(load_config(path))]
+
+
+def test_ollama_stop_is_a_list_and_a_string_says_how_to_write_it(tmp_path: Path) -> None:
+    """ollama/ollama fb30760 api/types.go L584 ``Stop []string``: a string is refused with
+    HTTP 500 'option "stop" must be of type array' (L1047-1051), so the linter says so first."""
+    assert lint(tmp_path, "ollama", '[options]\nstop = ["</s>", "\\n\\n"]\n') == []
+    assert lint(tmp_path, "ollama", '[options]\nstop = "</s>"\n') == [
+        'options.stop: error: stop must be a list of strings: write stop = ["</s>"]'
+    ]
+    assert lint(tmp_path, "ollama", "[options]\nstop = [1]\n") == [
+        'options.stop: error: stop must be a list of strings, such as ["</s>"]; got [1]'
+    ]
+    lint(tmp_path, "ollama", '[options]\nstop = ["</s>"]\n')
+    assert request_options(load_config(tmp_path / "c.toml")) == {"stop": ["</s>"]}
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('OLLAMA_DEBUG = "true"', None),  # config.go@fb30760 L201-212: ParseBool, else ParseInt
+        ('OLLAMA_DEBUG = "2"', None),
+        ("OLLAMA_DEBUG = -4", None),
+        ("OLLAMA_DEBUG = true", None),
+        ('OLLAMA_DEBUG = "loud"', "must be true/false or an integer, got 'loud'"),
+        ('OLLAMA_GO_TEMPLATE = "0"', None),
+        ('OLLAMA_GO_TEMPLATE = "maybe"', "must be 0 or 1 (or true/false), got 'maybe'"),
+        ('HTTPS_PROXY = "http://proxy:3128"', None),  # AsMap L340-351
+        ('no_proxy = "localhost"', None),
+        ('HSA_OVERRIDE_GFX_VERSION = "10.3.0"', None),  # L256
+        ('GGML_VK_VISIBLE_DEVICES = "0"', None),  # L254
+        ('LLAMA_ARG_FIT = "off"', None),  # AsMap L320-321
+        ('LLAMA_ARG_FIT_TARGET = "1024"', None),
+        ('OLLAMA_MAX_TRANSFER_STREAMS = "8"', None),
+    ],
+)
+def test_ollama_server_variables_upstream_reads(
+    tmp_path: Path, line: str, problem: str | None
+) -> None:
+    name = line.split()[0]
+    found = lint(tmp_path, "ollama", f"[server]\n{line}\n")
+    assert found == ([] if problem is None else [f"server.{name}: error: {name} {problem}"])
+
+
+def test_draft_num_predict_is_an_ollama_runner_option(tmp_path: Path) -> None:
+    """api/types.go@fb30760 L595 (Runner), default 4 (L1119)."""
+    assert lint(tmp_path, "ollama", "[load]\ndraft_num_predict = 8\n") == []
+    assert lint(tmp_path, "ollama", "[options]\ndraft_num_predict = 8\n") == []  # one object
+    assert lint(tmp_path, "ollama", "[load]\ndraft_num_predict = -1\n") == [
+        "load.draft_num_predict: error: draft_num_predict must be at least 0, got -1"
+    ]
+
+
+def test_lm_studio_load_keys_are_the_rest_load_fields(tmp_path: Path) -> None:
+    """lmstudio-ai/docs c6854fb 1_developer/2_rest/load.md L13-43: the REST load body takes
+    context_length, eval_batch_size, flash_attention, num_experts, offload_kv_cache_to_gpu;
+    lmstudio-js's names for these and for settings REST cannot set are not settings."""
+    text = (
+        "[load]\neval_batch_size = 1024\nflash_attention = true\nnum_experts = 8\n"
+        "offload_kv_cache_to_gpu = false\n"
+    )
+    assert lint(tmp_path, "lmstudio", text) == []
+    assert lint(tmp_path, "lmstudio", "[load]\nevalBatchSize = 1024\n") == [
+        "load.evalBatchSize: error: evalBatchSize is not an LM Studio setting; the REST load "
+        "field is `eval_batch_size`"
+    ]
+    assert lint(tmp_path, "lmstudio", "[load]\nkeepModelInMemory = true\n") == [
+        "load.keepModelInMemory: error: keepModelInMemory is not an LM Studio setting; not "
+        "settable over LM Studio's REST load; set it in the app's per-model defaults"
+    ]
+    assert lint(tmp_path, "lmstudio", '[load]\ngpu = "max"\n') == [
+        "load.gpu: error: gpu is not an LM Studio setting; not settable over LM Studio's REST "
+        "load; use `lms load --gpu 0-1|max|off` before the run"
+    ]
+    settings = load_settings(load_config(tmp_path / "c.toml"), 4096)
+    assert settings.extra == {}  # nothing that is not a REST field reaches the load

@@ -17,7 +17,8 @@ import pytest_asyncio
 
 from lmgauge import backends
 from lmgauge.backends.base import GenerateRequest, LoadSettings
-from lmgauge.backends.lmstudio import LMStudioBackend, timings_from_stats
+from lmgauge.backends.lmstudio import LMStudioBackend, LMStudioLoadResult, timings_from_stats
+from lmgauge.catalog import resolve_model
 from lmgauge.errors import (
     BackendError,
     BackendUnavailableError,
@@ -26,9 +27,10 @@ from lmgauge.errors import (
     ServerError,
 )
 from lmgauge.measure import measure, measure_one
+from lmgauge.runner import Case, Runner, Workload
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_lmstudio import TEMPLATE_TOKENS, FakeLMStudio, write_fake_lms
+from fake_lmstudio import TEMPLATE_TOKENS, FakeLMStudio, FakeModel, write_fake_lms
 from waiting import wait_until
 
 MODEL = "qwen/qwen3-8b"
@@ -212,6 +214,98 @@ async def test_load_and_unload_round_trip_through_the_rest_api(
 
 
 @pytest.mark.asyncio
+async def test_a_load_sends_only_what_was_asked_and_records_what_lm_studio_applied(
+    fake: FakeLMStudio, connect: Connect
+) -> None:
+    """Against the fake LM Studio server, which follows lmstudio-ai/docs c6854fb
+    (1_developer/2_rest/load.md: echo_load_config, load_config; list.md: loaded_instances'
+    config.parallel) and lmstudio-js 6ec11db's defaults (evalBatchSize 2048,
+    numParallelSessions 4): lmgauge's own LoadSettings defaults (batch 512) are not sent,
+    and the load records the configuration LM Studio reports."""
+    client = connect(fake.url)
+    loaded = await client.load(MODEL, LoadSettings(context_tokens=8192))
+    assert _bodies(fake, "/api/v1/models/load") == [
+        {"model": MODEL, "echo_load_config": True, "context_length": 8192}
+    ]
+    assert isinstance(loaded, LMStudioLoadResult)
+    assert loaded.load_config["eval_batch_size"] == 2048  # LM Studio's default, not 512
+    assert loaded.load_config["context_length"] == 8192
+    assert loaded.parallel == 4  # LM Studio runs 4 parallel predictions by default
+    assert (loaded.variant, loaded.quantization) == (f"{MODEL}@q4_k_m", "Q4_K_M")
+    again = await client.load(MODEL, LoadSettings(context_tokens=8192))
+    assert again.already_loaded
+    assert isinstance(again, LMStudioLoadResult)
+    assert (again.parallel, again.load_config["eval_batch_size"]) == (4, 2048)
+    # A [load] eval_batch_size of the config arrives in extra, and is sent even at 512.
+    asked = await client.load(MODEL, LoadSettings(extra={"eval_batch_size": 512}))
+    assert _bodies(fake, "/api/v1/models/load")[-1]["eval_batch_size"] == 512
+    assert isinstance(asked, LMStudioLoadResult)
+    assert asked.load_config["eval_batch_size"] == 512
+
+
+@pytest.mark.asyncio
+async def test_a_setting_lm_studio_did_not_apply_fails_the_load(
+    fake: FakeLMStudio, connect: Connect
+) -> None:
+    """Against the fake LM Studio server, which follows lmstudio-ai/docs c6854fb
+    1_developer/2_rest/load.md L75-104: load_config holds only the parameters that applied,
+    and flash_attention and eval_batch_size only for llama.cpp-engine models: on an MLX
+    model they are not applied, and the case must not pass as if they were."""
+    client = connect(fake.url)
+    with pytest.raises(ConfigError, match=r"flash_attention=True \(not applied\)"):
+        await client.load("qwen3-1.7b-mlx", LoadSettings(flash_attention=True))
+
+
+@pytest.mark.asyncio
+async def test_a_catalog_variant_is_loaded_and_its_quantization_checked(
+    make_fake: Callable[..., FakeLMStudio], connect: Connect
+) -> None:
+    """Against the fake LM Studio server, which follows lmstudio-ai/docs c6854fb (variants
+    are ``key@q4_k_m``, 3_cli/0_local-models/get.md L18; /api/v1/models lists ``variants``,
+    ``selected_variant`` and ``quantization.name``, list.md L128-135): the catalog names the
+    case's quantization, the load asks for it, and a server that loads another variant
+    fails the case instead of measuring the wrong file."""
+    two = FakeModel(MODEL, variants=("q4_k_m", "q8_0"))
+    stuck = FakeModel("qwen/qwen3-14b", variants=("q4_k_m", "q8_0"), serves_variant="q4_k_m")
+    fake = make_fake(models=(two, stuck))
+    client = connect(fake.url)
+    name = resolve_model("qwen3-8b").tag("lmstudio", "Q8_0")
+    assert name == f"{MODEL}@q8_0"
+    loaded = await client.load(name, LoadSettings())
+    assert isinstance(loaded, LMStudioLoadResult)
+    assert (loaded.variant, loaded.quantization) == (name, "Q8_0")
+    assert _bodies(fake, "/api/v1/models/load")[-1]["model"] == name
+    sample = await measure_one(client, GenerateRequest(name, PROMPT, max_tokens=4))
+    assert sample.valid, sample.invalid_reason
+    other = resolve_model("qwen3-14b").tag("lmstudio", "Q8_0")
+    with pytest.raises(
+        BackendError,
+        match=r"asked for 'qwen/qwen3-14b@q8_0' and loaded the variant "
+        r"'qwen/qwen3-14b@q4_k_m' \(quantization 'Q4_K_M'\)",
+    ):
+        await client.load(other, LoadSettings())
+    missing = resolve_model("qwen3-8b").tag("lmstudio", "Q6_K")
+    with pytest.raises(ModelNotFoundError, match=r"`lms get qwen/qwen3-8b@q6_k`"):
+        await client.load(missing, LoadSettings())
+
+
+def test_a_model_that_is_not_downloaded_skips_its_case_with_the_get_command() -> None:
+    """Against the fake LM Studio server, which follows lmstudio-ai/docs c6854fb (an
+    unknown model is ``model_not_found``): the case is skipped once, with the command that
+    downloads the catalog's variant."""
+    with FakeLMStudio(models=(FakeModel("qwen/qwen3-4b"),)) as fake:
+        runner = Runner("lmstudio", Workload(samples=2, warmups=0), base_url=fake.url)
+        try:
+            run = runner.run(Case("lmstudio", "qwen3-8b", "Q4_K_M", 4096))
+        finally:
+            runner.close()
+    assert run.error is None
+    assert run.skipped is not None
+    assert "`lms get qwen/qwen3-8b@q4_k_m`" in run.skipped
+    assert len(_bodies(fake, "/api/v1/models/load")) == 1
+
+
+@pytest.mark.asyncio
 async def test_settings_lm_studio_cannot_take_are_refused_by_name(
     fake: FakeLMStudio, connect: Connect
 ) -> None:
@@ -220,7 +314,10 @@ async def test_settings_lm_studio_cannot_take_are_refused_by_name(
         await client.load(MODEL, LoadSettings(kv_cache_type="q8_0"))
     with pytest.raises(ConfigError, match="threads=4"):
         await client.load(MODEL, LoadSettings(threads=4))
+    with pytest.raises(ConfigError, match="REST load API has no field keepModelInMemory"):
+        await client.load(MODEL, LoadSettings(extra={"keepModelInMemory": True}))
     assert not fake.instances
+    assert not _bodies(fake, "/api/v1/models/load")  # refused before any request
     loaded = await client.load(MODEL, LoadSettings(extra={"offload_kv_cache_to_gpu": False}))
     assert loaded.server_load_s is not None
     assert _bodies(fake, "/api/v1/models/load")[-1]["offload_kv_cache_to_gpu"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import re
 import socket
@@ -19,6 +20,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmgauge import workload as workload_module
 from lmgauge.backends.base import GenerateRequest, LoadSettings
 from lmgauge.backends.ollama import OllamaBackend
 from lmgauge.backends.ollama_stream import (
@@ -29,14 +31,18 @@ from lmgauge.backends.ollama_stream import (
 )
 from lmgauge.errors import (
     BackendUnavailableError,
+    ConfigError,
     ModelNotFoundError,
     ProtocolError,
     ServerError,
 )
 from lmgauge.measure import Sample, measure, measure_one
+from lmgauge.runner import Case, Runner, Workload
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_ollama import TEMPLATE_TOKENS, FakeModel, FakeOllama, go_json
+
+pytest_plugins = ["pytester"]
 
 MODEL = "qwen3:8b"
 THINKER = "qwen3:1.7b"
@@ -117,7 +123,8 @@ async def test_warm_samples_have_the_length_and_timings_the_server_reports(
         assert server is not None
         assert server.decode_s
         assert server.total_s
-        assert server.prompt_s
+        # /api/chat reuses the template head, which prompt_eval_duration leaves out.
+        assert (server.prompt_s is None) is chat
         assert server.output_tokens == 48
         assert server.prompt_tokens == len(PROMPT.split()) + 1 + (TEMPLATE_TOKENS if chat else 0)
         # The fake's durations are its real send schedule: the client must see the same.
@@ -129,7 +136,7 @@ async def test_warm_samples_have_the_length_and_timings_the_server_reports(
         # The client's wait adds the HTTP round trip, a few ms, to the server's total.
         assert 0 < sample.e2e_s - server.total_s < 0.05 * server.total_s + 0.01
         assert server.load_s is not None
-        assert sample.ttft_s > server.load_s + server.prompt_s
+        assert sample.ttft_s > server.load_s + (server.prompt_s or 0.0)
     method, path, body = fake.requests[-1]
     assert (method, path) == ("POST", "/api/chat" if chat else "/api/generate")
     assert body["stream"] is True
@@ -142,8 +149,7 @@ async def test_warm_samples_have_the_length_and_timings_the_server_reports(
         "use_mmap": True,
         "num_predict": 48,
         "temperature": 0.0,
-        "seed": 0,
-    }
+    }  # no seed: the request has none
 
 
 @pytest.mark.asyncio
@@ -181,15 +187,18 @@ async def test_thinking_tokens_are_counted_apart(
     client: OllamaBackend, fake: FakeOllama, chat: bool
 ) -> None:
     await client.load(THINKER, SETTINGS)
+    # Raw /api/generate sends the <think> and </think> tags as objects with no text; /api/chat
+    # sends nothing for them, and eval_count brings them back as tokens of the answer.
+    thought = 8 if chat else 10
     thinking = await measure_one(client, _request(THINKER, chat=chat, thinking=True)(0))
     assert thinking.valid, thinking.invalid_reason
-    assert (thinking.output_tokens, thinking.thinking_tokens) == (48, 10)
+    assert (thinking.output_tokens, thinking.thinking_tokens) == (48, thought)
     assert thinking.ttft_s is not None
     assert thinking.time_to_first_answer_s is not None
-    assert thinking.time_to_first_answer_s > thinking.ttft_s + 8 * fake.itl_s
+    assert thinking.time_to_first_answer_s > thinking.ttft_s + 7 * fake.itl_s
     assert fake.requests[-1][2]["think"] is True
     default = await measure_one(client, _request(THINKER, chat=chat)(1))
-    assert default.thinking_tokens == 10  # Ollama thinks by default on a thinking model
+    assert default.thinking_tokens == thought  # Ollama thinks by default on a thinking model
     plain = await measure_one(client, _request(THINKER, chat=chat, thinking=False)(2))
     assert (plain.output_tokens, plain.thinking_tokens) == (48, 0)
     assert plain.time_to_first_answer_s == pytest.approx(plain.ttft_s)
@@ -340,9 +349,13 @@ async def test_a_broken_stream_is_a_failed_sample(
 
 
 @pytest.mark.asyncio
-async def test_a_prompt_cache_hit_hides_in_ollamas_counts(client: OllamaBackend) -> None:
-    """prompt_eval_count includes cached tokens: only the duration shows the hit, which is
-    why the suite varies its prompts (make_request(i)) for Ollama."""
+async def test_a_prompt_cache_hit_hides_in_ollamas_counts(
+    make_fake: Callable[..., FakeOllama], connect: Callable[[str], OllamaBackend]
+) -> None:
+    """Against the fake Ollama server, which follows ollama/ollama fb30760 (prompt cache
+    always on, llm/llama_server.go L1562): prompt_eval_count includes cached tokens, and
+    only the duration shows the hit."""
+    client = connect(make_fake(ttft_s=0.2).url)  # a margin over a busy machine's delays
     await client.load(MODEL, SETTINGS)
     long_prompt = " ".join(f"w{i}" for i in range(200))
     first, again = [
@@ -356,6 +369,191 @@ async def test_a_prompt_cache_hit_hides_in_ollamas_counts(client: OllamaBackend)
     assert first.server.prompt_tokens == again.server.prompt_tokens == 200
     assert again.server.prompt_s < first.server.prompt_s / 5
     assert again.valid  # measure cannot tell from the counts
+
+
+def _two_runs(url: str) -> list[list[Sample]]:
+    """The same case measured by two sessions in a row against one server (a suite run
+    twice, or the paired gate's arms): the samples of each."""
+    runs = []
+    for _ in range(2):
+        # Other processes may share this machine's cores: the guard is tested elsewhere.
+        workload = Workload(200, 2, samples=3, warmups=0, disturbance_limit=1.0)
+        runner = Runner("ollama", workload, base_url=url, load_settings=lambda _: SETTINGS)
+        try:
+            run = runner.run(Case("ollama", "qwen3-7b", "Q4_K_M", 4096))
+        finally:
+            runner.close()
+        assert run.error is None, run.error
+        runs.append(run.samples)
+    return runs
+
+
+@pytest.mark.parametrize("nonce", [False, True], ids=["old-prompts", "nonce-first"])
+def test_prompts_start_with_a_nonce_so_ollamas_prefill_rate_is_not_inflated(
+    nonce: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against the fake Ollama server, which follows ollama/ollama fb30760: Ollama sends its
+    runner ``cache_prompt: true`` whatever the client asks (llm/llama_server.go L1562), and
+    reports prompt_eval_count = cache_n + prompt_n with prompt_eval_duration = prompt_ms,
+    the processed tokens' time only (L1503-1513, L1723-1726); its llama-server keeps earlier
+    prompts in a RAM cache. The old prompts (a seed's shuffle, no nonce) come back in a
+    second session and are served from the cache, so count / duration overstates prefill
+    many times over, and no sample says so; prompts that start with a nonce never repeat,
+    and count / duration is the true rate in both sessions."""
+    if not nonce:
+        monkeypatch.setattr(workload_module, "new_nonce", lambda: "")
+    tag = "qwen2.5:7b-instruct-q4_K_M"  # the catalog's Ollama name of qwen3-7b at Q4_K_M
+    with FakeOllama({tag: FakeModel()}, ttft_s=0.2, itl_s=0.002) as fake:
+        first, second = _two_runs(fake.url)
+    true_rate = 200 / fake.ttft_s  # the fake evaluates 200 uncached tokens in ttft_s
+    prompts = [body["prompt"] for _, path, body in fake.requests if path == "/api/generate"]
+    prompts = [prompt for prompt in prompts if prompt]  # not the loads
+    assert len(prompts) == 6
+    assert len({prompt.split()[0] for prompt in prompts}) == (6 if nonce else 3)
+    for sample in first + second:
+        assert sample.valid, sample.invalid_reason  # nothing in the answer tells a hit
+        assert sample.server is not None
+        assert sample.server.prompt_tokens == 200  # cached tokens included
+    rates = [s.server_prefill_tokens_per_s for s in first + second]
+    assert all(rate is not None for rate in rates)
+    if nonce:
+        assert rates == [pytest.approx(true_rate, rel=0.15)] * 6
+    else:
+        assert rates[:3] == [pytest.approx(true_rate, rel=0.15)] * 3
+        assert all(rate is not None and rate > 20 * true_rate for rate in rates[3:])
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "empty"),
+    [("/api/chat", False, 0), ("/api/generate", False, 0), ("/api/generate", True, 2)],
+    ids=["chat", "generate", "generate-raw"],
+)
+def test_objects_carry_text_except_raw_thinking_tags_and_held_back_bytes_merge(
+    fake: FakeOllama, path: str, raw: bool, empty: int
+) -> None:
+    """Against the fake Ollama server, which follows ollama/ollama fb30760: an object is
+    sent only with text (llm/llama_server.go L1705, L2036; server/routes.go L726, L2832),
+    except on raw /api/generate with thinking, whose generic parser sends the swallowed
+    tags empty (routes.go L697-700, L733); a token ending mid-character waits for the next
+    (the answer's " ☀" is two tokens in one object). eval_count counts every token."""
+    body: dict[str, Any] = {"model": THINKER, "stream": True, "think": True}
+    body["options"] = {"num_predict": 30}  # 10 thinking tokens, 20 of the answer
+    if path == "/api/chat":
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    else:
+        body.update(prompt=PROMPT, raw=raw)
+    lines = httpx.post(f"{fake.url}{path}", json=body, timeout=10).content.split(b"\n")
+    *stream, final = [json.loads(line) for line in lines if line]  # not at U+0085
+    source = [o["message"] if path == "/api/chat" else o for o in stream]
+    texts = [m.get("content", m.get("response", "")) + m.get("thinking", "") for m in source]
+    assert sum(not text for text in texts) == empty
+    assert texts.count(" ☀") == 2  # two tokens each, in one object
+    assert final["eval_count"] == 30
+    assert len(stream) == 30 - 2 - 2 + empty  # less the tags (unless sent empty) and merges
+
+
+@pytest.mark.asyncio
+async def test_an_answer_that_stops_counts_its_merged_tokens(client: OllamaBackend) -> None:
+    """Against the fake Ollama server, which follows ollama/ollama fb30760: the 5-token
+    answer ends inside " ☀", whose first token llama-server holds back and never sends;
+    eval_count is 6, the end-of-sequence token included (llama.cpp tools/server
+    server-context.cpp L3847: n_gen counts every sampled token). 5 tokens, not 4."""
+    await client.load(SHORT, SETTINGS)
+    chunks = [chunk async for chunk in client.generate(_request(SHORT, max_tokens=32)(0))]
+    assert len(chunks) == 5  # 4 objects with text and the final one
+    assert [c.tokens for c in chunks] == [1, 1, 1, 1, 1]
+    assert chunks[-1].finish_reason == "stop"
+
+
+@pytest.mark.asyncio
+async def test_a_string_stop_is_a_config_error_naming_the_option(
+    client: OllamaBackend, fake: FakeOllama
+) -> None:
+    """Against the fake Ollama server, which follows ollama/ollama fb30760: ``Stop []string``
+    (api/types.go L584); Options.FromMap refuses a string with 'option "stop" must be of
+    type array' (L1047-1051), which handleScheduleError answers with HTTP 500
+    (server/routes.go L3118)."""
+    await client.load(MODEL, SETTINGS)
+    refused = await measure_one(client, _request(max_tokens=4, options={"stop": "</s>"})(0))
+    assert not refused.ok
+    assert refused.error is not None
+    assert refused.error.startswith("ConfigError: ")
+    assert "refused the option 'stop' (option \"stop\" must be of type array)" in refused.error
+    assert 'stop = ["</s>"]' in refused.error
+    with pytest.raises(ConfigError, match=r"'num_gpu'.*must be of type integer"):
+        await client.load(MODEL, LoadSettings(extra={"num_gpu": "all"}))
+    listed = await measure_one(client, _request(max_tokens=4, options={"stop": ["</s>"]})(1))
+    assert listed.valid, listed.invalid_reason
+
+
+def test_a_model_that_is_not_pulled_skips_its_case_once_with_the_pull_command() -> None:
+    """Against the fake Ollama server, which follows ollama/ollama fb30760: a model it
+    does not have is 404 ``model 'X' not found`` (server/routes.go L281). The case is
+    skipped, with the command that fetches it, after one load attempt."""
+    with FakeOllama({}, ttft_s=0.01, itl_s=0.001) as fake:
+        runner = Runner("ollama", Workload(samples=2, warmups=0), base_url=fake.url)
+        case = Case("ollama", "qwen3-7b", "Q4_K_M", 4096)
+        try:
+            run = runner.run(case)
+            assert runner.run(case) is run
+            assert runner.throughput(case, 2) is run
+        finally:
+            runner.close()
+    assert run.error is None
+    assert run.skipped is not None
+    assert "`ollama pull qwen2.5:7b-instruct-q4_K_M`" in run.skipped
+    assert "model 'qwen2.5:7b-instruct-q4_K_M' not found" in run.skipped
+    assert len([r for r in fake.requests if r[0] == "POST"]) == 1
+
+
+SUITE = """
+from lmgauge.runner import Case
+from lmgauge.verdicts import CheckSession
+
+
+def test_decode(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "decode_tokens_per_s")
+
+
+def test_ttft(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check(lmgauge_case, "ttft_s")
+
+
+def test_throughput(lmgauge_case: Case, lmgauge: CheckSession) -> None:
+    lmgauge.check_throughput(lmgauge_case, 2)
+"""
+
+
+def test_a_suite_on_a_mac_without_the_models_skips_each_case_with_its_pull_command(
+    pytester: pytest.Pytester,
+) -> None:
+    """The suite as users run it (pytest in a subprocess) against the fake Ollama server,
+    which follows ollama/ollama fb30760 (404 ``model 'X' not found``, server/routes.go
+    L281), with one of two models pulled: the other's tests are skipped, one summary line
+    for the case with the command that fetches it, and nothing fails."""
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pulled = {"qwen3:1.7b-q4_K_M": FakeModel(size=1_360_000_000)}
+    with FakeOllama(pulled, ttft_s=0.01, itl_s=0.001) as fake:
+        result = pytester.runpytest_subprocess(
+            "--lmgauge-backend=ollama",
+            f"--lmgauge-url={fake.url}",
+            "--lmgauge-models=qwen3-7b,qwen3-1.7b",
+            "--lmgauge-quants=Q4_K_M",
+            "--lmgauge-contexts=4096",
+            "--lmgauge-samples=2",
+            "--lmgauge-max-samples=2",
+            "--lmgauge-max-tokens=4",
+            "--lmgauge-disturbance-limit=1",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+        )
+    result.assert_outcomes(passed=3, skipped=3)
+    skips = [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+    assert len(skips) == 1, skips
+    assert skips[0].startswith("SKIPPED [3] ")
+    assert skips[0].endswith("run `ollama pull qwen2.5:7b-instruct-q4_K_M`")
 
 
 # --- the NDJSON path, pure ------------------------------------------------------------
@@ -422,10 +620,31 @@ def test_the_final_object_completes_the_count_at_num_predict() -> None:
     timings = chunks[-1].timings
     assert timings is not None
     assert (timings.decode_tokens, timings.decode_s) == (2, 0.002)
-    stop = {**final, "done_reason": "stop", "eval_count": 9}
-    assert [c.tokens for c in chunks_from_objects([*objects, (stop, 2.0)], chat=True)] == [1, 0]
     with pytest.raises(ProtocolError, match="before `done: true`"):
         list(chunks_from_objects(objects, chat=True))
+
+
+@pytest.mark.parametrize(
+    ("reason", "eval_count", "tokens"),
+    [
+        ("stop", 9, [1, 7]),  # eval_count counts the end-of-sequence token: 8 shown
+        ("stop", 2, [1, 0]),  # one token and EOS: nothing missing
+        ("length", 3, [1, 2]),
+        ("stop", 1, [1, 0]),  # never fewer than were streamed
+    ],
+)
+def test_the_final_object_completes_the_count_for_every_done_reason(
+    reason: str, eval_count: int, tokens: list[int]
+) -> None:
+    """Ollama (ollama/ollama fb30760) streams an object only when it has text, and
+    llama-server holds back a token that ends mid-character: eval_count (llama-server's
+    n_gen, every sampled token) is the count, less the end-of-sequence token of "stop"."""
+    objects = [({"message": {"content": "ab"}, "done": False}, 1.0)]
+    final = {"message": {"content": ""}, "done": True, "done_reason": reason}
+    final["eval_count"] = eval_count
+    chunks = list(chunks_from_objects([*objects, (final, 2.0)], chat=True))
+    assert [c.tokens for c in chunks] == tokens
+    assert chunks[-1].finish_reason == reason
 
 
 # --- fuzzing: garbage and arbitrary splits through httpx into measure_one --------------
@@ -535,9 +754,8 @@ def test_fuzzed_streams_always_give_a_sample(
         reason = final.get("done_reason")
         if not isinstance(reason, str) or not reason:
             reason = "length" if eval_count >= max_tokens else "stop"
-        expected = streamed
-        if reason == "length":
-            expected = max(streamed, min(eval_count, max_tokens))
+        shown = eval_count - 1 if reason == "stop" else eval_count  # EOS streams no text
+        expected = max(streamed, min(shown, max_tokens))
         assert sample.output_tokens == expected
         assert sample.thinking_tokens <= sample.output_tokens
         assert sample.finish_reason == reason

@@ -17,7 +17,8 @@ import pytest
 from lmgauge import settings_registry
 from lmgauge.backends import BACKEND_NAMES
 from lmgauge.backends.base import LoadSettings
-from lmgauge.config import DURATION
+from lmgauge.backends.lmstudio import REST_LOAD_FIELDS
+from lmgauge.config import DURATION, GO_BOOLS
 from lmgauge.settings_registry import (
     LLAMACPP,
     LMSTUDIO,
@@ -83,6 +84,8 @@ def test_a_default_is_a_value_the_setting_accepts(backend: str, setting: Setting
         assert DURATION.match(default)
     elif setting.kind in ("bool01", "bool"):
         assert default in ("0", "1", "true", "false")
+    elif setting.kind == "boolint":
+        assert default in GO_BOOLS or re.fullmatch(r"[+-]?\d+", default)
     elif setting.kind in ("int", "float"):
         if default == "auto":  # num_ctx: sized by the server itself
             assert (backend, setting.name) == ("ollama", "num_ctx")
@@ -159,7 +162,16 @@ def test_ollama_server_defaults_from_envconfig() -> None:
     assert defaults["OLLAMA_CONTEXT_LENGTH"] == "0"  # 0: sized by GPU memory
     assert defaults["OLLAMA_FLASH_ATTENTION"] is None  # unset: the server decides
     assert OLLAMA["OLLAMA_KV_CACHE_TYPE"].choices == ("f16", "q8_0", "q4_0")
-    assert OLLAMA["OLLAMA_DEBUG"].choices == ("0", "1", "2")
+    # ollama/ollama@fb30760 envconfig/config.go: LogLevel (L201-212) reads a boolean or any
+    # integer; GoTemplate(true) (AsMap L315); Uint("OLLAMA_MAX_TRANSFER_STREAMS", 4) (L285).
+    assert OLLAMA["OLLAMA_DEBUG"].kind == "boolint"
+    assert defaults["OLLAMA_GO_TEMPLATE"] == "true"
+    assert OLLAMA["OLLAMA_GO_TEMPLATE"].kind == "bool01"
+    assert defaults["OLLAMA_MAX_TRANSFER_STREAMS"] == "4"
+    informational = {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy"}
+    informational |= {"no_proxy", "HSA_OVERRIDE_GFX_VERSION", "GGML_VK_VISIBLE_DEVICES"}
+    informational |= {"LLAMA_ARG_FIT", "LLAMA_ARG_FIT_TARGET"}
+    assert all(OLLAMA[name].kind == "str" for name in informational)
 
 
 def test_ollama_model_options_from_api_types() -> None:
@@ -167,8 +179,11 @@ def test_ollama_model_options_from_api_types() -> None:
     assert OLLAMA["num_gpu"].default == "-1"  # -1: as many layers as fit
     assert OLLAMA["num_thread"].default == "0"  # 0: the runtime decides
     load = {name for name, s in OLLAMA.items() if s.section == "load"}
-    assert load == {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"}
+    runner = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"}
+    assert load == runner | {"draft_num_predict"}  # api/types.go@fb30760 L595
+    assert OLLAMA["draft_num_predict"].default == "4"  # DefaultOptions, L1119
     assert {"temperature", "top_k", "top_p", "min_p", "num_predict", "stop"} <= set(OLLAMA)
+    assert OLLAMA["stop"].kind == "strlist"  # Stop []string, L584
 
 
 def test_ollama_names_that_were_removed_say_when() -> None:
@@ -184,23 +199,36 @@ def test_ollama_names_that_were_removed_say_when() -> None:
         assert OLLAMA_NOT[name].removed_in is None
 
 
+def test_lm_studio_load_settings_are_the_rest_load_fields() -> None:
+    """lmstudio-ai/docs@c6854fb 1_developer/2_rest/load.md L13-43, and what lmgauge's
+    LM Studio backend puts in the body: nothing else."""
+    load = {name for name, s in LMSTUDIO.items() if s.section == "load"}
+    assert load == set(REST_LOAD_FIELDS)
+    assert LMSTUDIO["eval_batch_size"].default == "2048"  # lmstudio-js schema.ts L354
+    assert LMSTUDIO["eval_batch_size"].load_field is None  # sent only when the config sets it
+
+
 @pytest.mark.parametrize(
-    ("seed_name", "real_name"),
+    ("name", "fix"),
     [
-        ("context_length", "contextLength"),
-        ("flash_attention", "flashAttention"),
-        ("batch_size", "evalBatchSize"),
+        ("contextLength", "`context_length`"),
+        ("flashAttention", "`flash_attention`"),
+        ("evalBatchSize", "`eval_batch_size`"),
+        ("batch_size", "`eval_batch_size`"),
+        ("keepModelInMemory", "not settable over LM Studio's REST load"),
+        ("useFp16ForKVCache", "not settable over LM Studio's REST load"),
+        ("llama.kCacheQuantizationType", "not settable over LM Studio's REST load"),
+        ("tryMmap", "not settable over LM Studio's REST load"),
+        ("numParallelSessions", "not settable over LM Studio's REST load"),
         ("threads", "llama.cpuThreadPoolSize"),
-        ("rope_freq_base", "ropeFrequencyBase"),
-        ("mmap", "tryMmap"),
-        ("f16_kv", "useFp16ForKVCache"),
         ("mlock", "keepModelInMemory"),
         ("max_requests", "numParallelSessions"),
+        ("gpu", "`lms load --gpu 0-1|max|off`"),
+        ("ttl", "`lms load --ttl SECONDS`"),
     ],
 )
-def test_lm_studio_names_point_to_the_real_load_setting(seed_name: str, real_name: str) -> None:
-    assert f"`{real_name}`" in LMSTUDIO_NOT[seed_name].fix
-    assert LMSTUDIO[real_name].section == "load"
+def test_lm_studio_names_rest_cannot_set_say_so(name: str, fix: str) -> None:
+    assert fix in LMSTUDIO_NOT[name].fix
 
 
 def test_lm_studio_and_mlx_server_defaults() -> None:

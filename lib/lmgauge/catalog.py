@@ -217,7 +217,10 @@ class Quantization:
 
 
 def _gguf(name: str, bpw: float, source: str, ollama: str) -> Quantization:
-    return Quantization(name, "gguf", bpw, source, MappingProxyType({"ollama": ollama}))
+    # LM Studio names a model's quantization variants `key@q4_k_m`: lower case (lmstudio-ai
+    # docs@c6854fb 3_cli/0_local-models/get.md L18, 1_developer/2_rest/list.md L180-183).
+    spellings = {"ollama": ollama, "lmstudio": name.lower()}
+    return Quantization(name, "gguf", bpw, source, MappingProxyType(spellings))
 
 
 def _mlx(name: str, bpw: float, source: str) -> Quantization:
@@ -350,7 +353,7 @@ _MODELS = (
         QWEN3_0_6B,
         "Qwen3-0.6B",
         "qwen3:0.6b-{quant}",
-        "qwen/qwen3-0.6b",
+        "qwen/qwen3-0.6b@{quant}",
         "mlx-community/Qwen3-0.6B-{quant}",
     ),
     _entry(
@@ -358,7 +361,7 @@ _MODELS = (
         QWEN3_1_7B,
         "Qwen3-1.7B",
         "qwen3:1.7b-{quant}",
-        "qwen/qwen3-1.7b",
+        "qwen/qwen3-1.7b@{quant}",
         "mlx-community/Qwen3-1.7B-{quant}",
     ),
     _entry(
@@ -366,7 +369,7 @@ _MODELS = (
         QWEN3_4B,
         "Qwen3-4B",
         "qwen3:4b-{quant}",
-        "qwen/qwen3-4b",
+        "qwen/qwen3-4b@{quant}",
         "mlx-community/Qwen3-4B-{quant}",
     ),
     _entry(
@@ -374,7 +377,7 @@ _MODELS = (
         QWEN3_8B,
         "Qwen3-8B",
         "qwen3:8b-{quant}",
-        "qwen/qwen3-8b",
+        "qwen/qwen3-8b@{quant}",
         "mlx-community/Qwen3-8B-{quant}",
     ),
     _entry(
@@ -382,7 +385,7 @@ _MODELS = (
         QWEN3_14B,
         "Qwen3-14B",
         "qwen3:14b-{quant}",
-        "qwen/qwen3-14b",
+        "qwen/qwen3-14b@{quant}",
         "mlx-community/Qwen3-14B-{quant}",
     ),
     _entry(
@@ -390,7 +393,7 @@ _MODELS = (
         QWEN3_32B,
         "Qwen3-32B",
         "qwen3:32b-{quant}",
-        "qwen/qwen3-32b",
+        "qwen/qwen3-32b@{quant}",
         "mlx-community/Qwen3-32B-{quant}",
     ),
     _entry(
@@ -398,7 +401,7 @@ _MODELS = (
         QWEN3_30B_A3B,
         "Qwen3-30B-A3B (mixture of experts, 3.3B active)",
         "qwen3:30b-a3b-{quant}",
-        "qwen/qwen3-30b-a3b",
+        "qwen/qwen3-30b-a3b@{quant}",
         "mlx-community/Qwen3-30B-A3B-{quant}",
     ),
     # The planning documents' labels.
@@ -407,7 +410,7 @@ _MODELS = (
         QWEN2_5_7B,
         "Qwen2.5-7B-Instruct: there is no Qwen3-7B; seed 003 pulls qwen2.5:7b for this label",
         "qwen2.5:7b-instruct-{quant}",
-        "qwen2.5-7b-instruct",
+        "qwen2.5-7b-instruct@{quant}",
         "mlx-community/Qwen2.5-7B-Instruct-{quant}",
     ),
     _entry(
@@ -415,7 +418,7 @@ _MODELS = (
         QWEN3_30B_A3B,
         "Qwen3-30B-A3B (seeds' 'Qwen3-30B'; a mixture of experts)",
         "qwen3:30b-a3b-{quant}",
-        "qwen/qwen3-30b-a3b",
+        "qwen/qwen3-30b-a3b@{quant}",
         "mlx-community/Qwen3-30B-A3B-{quant}",
     ),
     _entry(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ from lmgauge.settings_registry import REGISTRIES, Section, Setting
 SECTIONS: tuple[Section, ...] = ("server", "load", "options")
 GATE_KEYS = {"backend", "models", "quantizations", "contexts", "memory_budget_gb"}
 DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^-?\d+$")
+GO_BOOLS = ("1", "t", "true", "0", "f", "false")  # strconv.ParseBool's, lowercased
 
 ServerKind = Literal["ollama", "mlx_lm", "llama-server", "llama_cpp.server", "lmstudio"]
 SERVER_KINDS: tuple[ServerKind, ...] = get_args(ServerKind)
@@ -279,6 +281,14 @@ def _check_value(setting: Setting, value: Any) -> str | None:
         return f"must be true or false, got {value!r}"
     if kind == "bool01" and text not in ("0", "1", "true", "false"):
         return f"must be 0 or 1 (or true/false), got {value!r}"
+    if kind == "boolint" and text not in GO_BOOLS and not re.fullmatch(r"[+-]?\d+", text):
+        return f"must be true/false or an integer, got {value!r}"
+    if kind == "strlist":
+        if isinstance(value, str):
+            return f"must be a list of strings: write {setting.name} = [{json.dumps(value)}]"
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f'must be a list of strings, such as ["</s>"]; got {value!r}'
+        return None
     if kind in ("int", "float"):
         number = value if not isinstance(value, str) else _number(value)
         wanted = int if kind == "int" else int | float

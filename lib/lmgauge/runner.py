@@ -21,7 +21,12 @@ from lmgauge import backends
 from lmgauge.backends.base import Backend, GenerateRequest, LoadResult, LoadSettings, MemoryReport
 from lmgauge.batcher import Batch, Batcher, BatchRequest
 from lmgauge.catalog import GB, SEED_LABELS, resolve_model, resolve_quant
-from lmgauge.errors import ContextTooLargeError, InsufficientResourcesError, LmgaugeError
+from lmgauge.errors import (
+    ContextTooLargeError,
+    InsufficientResourcesError,
+    LmgaugeError,
+    ModelNotFoundError,
+)
 from lmgauge.hardware import cpu_name
 from lmgauge.machine import DisturbanceMonitor
 from lmgauge.measure import Sample, measure, measure_one
@@ -318,6 +323,8 @@ class Runner:
             run.memory = self.memory()  # the samples stand even when this reading fails
         except InsufficientResourcesError as exc:
             run.skipped = str(exc)
+        except ModelNotFoundError as exc:  # not pulled or downloaded here: not a failure
+            run.skipped = f"the server does not have this model: {exc}"
         except LmgaugeError as exc:
             run.error = f"{type(exc).__name__}: {exc}"
         self.on_update(run)

@@ -1,9 +1,10 @@
 """Which server settings exist, per backend: the real ones with their types, and the names
 the planning documents use that are not settings (removed, renamed, or never real).
 
-Sources, checked upstream: Ollama envconfig/config.go and api/types.go (v0.33);
-LM Studio's lmstudio-js load configuration and the `lms` CLI; mlx-lm 0.32 mlx_lm/server.py
-and generate.py; llama-cpp-python 0.3 ``Llama(...)`` parameters.
+Sources, checked upstream: Ollama envconfig/config.go and api/types.go (v0.33; the lines
+cited are ollama/ollama@fb30760); LM Studio's REST load API (lmstudio-ai/docs@c6854fb
+1_developer/2_rest/load.md) and the `lms` CLI; mlx-lm 0.32 mlx_lm/server.py and
+generate.py; llama-cpp-python 0.3 ``Llama(...)`` parameters.
 
 A setting lives in one section of a config file: ``server`` (the server process's
 environment or flags, fixed when it starts), ``load`` (applied when a model is loaded) or
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Section = Literal["server", "load", "options"]
-Kind = Literal["int", "float", "bool", "str", "duration", "bool01"]
+Kind = Literal["int", "float", "bool", "str", "duration", "bool01", "boolint", "strlist"]
+"""``bool01``: 0/1/true/false; ``boolint``: what Go's strconv.ParseBool reads, or any
+integer; ``strlist``: a list of strings."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ OLLAMA = _settings(
     Setting("OLLAMA_MODELS", "server", "str", default="~/.ollama/models"),
     Setting("OLLAMA_KEEP_ALIVE", "server", "duration", default="5m"),
     Setting("OLLAMA_LOAD_TIMEOUT", "server", "duration", default="5m"),
-    Setting("OLLAMA_DEBUG", "server", "int", choices=("0", "1", "2"), default="0"),
+    # config.go@fb30760 L201-212: ParseBool (true: debug), else ParseInt (level i*-4).
+    Setting("OLLAMA_DEBUG", "server", "boolint", default="0"),
     Setting("OLLAMA_DEBUG_LOG_REQUESTS", "server", "bool01"),
     Setting("OLLAMA_FLASH_ATTENTION", "server", "bool01", default=None),
     Setting(
@@ -62,24 +66,37 @@ OLLAMA = _settings(
     Setting("OLLAMA_NUM_PARALLEL", "server", "int", minimum=1, default="1"),
     Setting("OLLAMA_MAX_LOADED_MODELS", "server", "int", minimum=0, default="0"),
     Setting("OLLAMA_MAX_QUEUE", "server", "int", minimum=1, default="512"),
-    Setting("OLLAMA_MAX_TRANSFER_STREAMS", "server", "int", minimum=1),
+    Setting("OLLAMA_MAX_TRANSFER_STREAMS", "server", "int", minimum=1, default="4"),  # L285
     Setting("OLLAMA_GPU_OVERHEAD", "server", "int", minimum=0, default="0"),
     Setting("OLLAMA_SCHED_SPREAD", "server", "bool01"),
     Setting("OLLAMA_NOPRUNE", "server", "bool01"),
     Setting("OLLAMA_NOHISTORY", "server", "bool01"),
     Setting("OLLAMA_AUTH", "server", "bool01"),
     Setting("OLLAMA_NO_CLOUD", "server", "bool01"),
-    Setting("OLLAMA_GO_TEMPLATE", "server", "str"),
+    Setting("OLLAMA_GO_TEMPLATE", "server", "bool01", default="true"),  # L218, AsMap L315
     Setting("OLLAMA_REMOTES", "server", "str"),
     Setting("OLLAMA_LLM_LIBRARY", "server", "str"),
     Setting("OLLAMA_EDITOR", "server", "str"),
     Setting("OLLAMA_IGPU_ENABLE", "server", "bool01"),
     Setting("OLLAMA_VULKAN", "server", "bool01"),
-    # GPU selection variables Ollama reads in its GPU discovery (envconfig AsMap).
+    # GPU selection variables Ollama reads in its GPU discovery (config.go L251-256, AsMap
+    # L353-360).
     Setting("CUDA_VISIBLE_DEVICES", "server", "str"),
     Setting("HIP_VISIBLE_DEVICES", "server", "str"),
     Setting("ROCR_VISIBLE_DEVICES", "server", "str"),
     Setting("GPU_DEVICE_ORDINAL", "server", "str"),
+    Setting("GGML_VK_VISIBLE_DEVICES", "server", "str"),
+    Setting("HSA_OVERRIDE_GFX_VERSION", "server", "str"),
+    # llama.cpp's automatic fit of memory options ("on" by default; AsMap L320-321).
+    Setting("LLAMA_ARG_FIT", "server", "str"),
+    Setting("LLAMA_ARG_FIT_TARGET", "server", "str"),
+    # Proxies, "informational" in AsMap (L340-351; the lower-case ones off Windows).
+    Setting("HTTP_PROXY", "server", "str"),
+    Setting("HTTPS_PROXY", "server", "str"),
+    Setting("NO_PROXY", "server", "str"),
+    Setting("http_proxy", "server", "str"),
+    Setting("https_proxy", "server", "str"),
+    Setting("no_proxy", "server", "str"),
     # Model options (api/types.go): the runner's, applied at load...
     Setting("num_ctx", "load", "int", minimum=1, default="auto", load_field="context_tokens"),
     Setting("num_batch", "load", "int", minimum=1, default="512", load_field="batch_tokens"),
@@ -87,6 +104,8 @@ OLLAMA = _settings(
     Setting("main_gpu", "load", "int", minimum=0),
     Setting("use_mmap", "load", "bool", load_field="use_mmap"),
     Setting("num_thread", "load", "int", minimum=0, default="0", load_field="threads"),
+    # api/types.go@fb30760 L595, DefaultOptions L1119 (routes.go sets 0 without a draft).
+    Setting("draft_num_predict", "load", "int", minimum=0, default="4"),
     # ...and sampling, per request.
     Setting("num_keep", "options", "int"),
     Setting("seed", "options", "int"),
@@ -100,13 +119,13 @@ OLLAMA = _settings(
     Setting("repeat_penalty", "options", "float", minimum=0),
     Setting("presence_penalty", "options", "float"),
     Setting("frequency_penalty", "options", "float"),
-    Setting("stop", "options", "str"),
+    Setting("stop", "options", "strlist"),  # Stop []string (api/types.go L584)
 )
 OLLAMA_NOT = _not(
     NotASetting("OLLAMA_MAX_VRAM", "Ollama now measures GPU memory itself", "v0.7.0"),
     NotASetting("OLLAMA_CPU_TARGET", "it was a build variable, never a server setting"),
     NotASetting("OLLAMA_NUMA", "NUMA is a llama.cpp option Ollama does not expose"),
-    NotASetting("OLLAMA_VERBOSE", "logging is OLLAMA_DEBUG (0, 1 or 2)"),
+    NotASetting("OLLAMA_VERBOSE", "logging is OLLAMA_DEBUG (0/false, 1/true or 2)"),
     NotASetting("OLLAMA_CPU_THREADS", "threads are the `num_thread` model option"),
     NotASetting("OLLAMA_NUM_THREADS", "threads are the `num_thread` model option"),
     NotASetting("OLLAMA_MMAP", "memory mapping is the `use_mmap` model option"),
@@ -135,27 +154,19 @@ OLLAMA_NOT = _not(
     ),
 )
 
+NOT_OVER_REST = "not settable over LM Studio's REST load; set it in the app's per-model defaults"
 LMSTUDIO = _settings(
     # `lms server start --port N --cors`
     Setting("port", "server", "int", minimum=1, default="1234"),
     Setting("cors", "server", "bool"),
-    # Load configuration (lmstudio-js LLMLoadModelConfig; REST /api/v1/models/load).
-    Setting("contextLength", "load", "int", minimum=1, load_field="context_tokens"),
-    Setting("flashAttention", "load", "bool", load_field="flash_attention"),
-    Setting("evalBatchSize", "load", "int", minimum=1, load_field="batch_tokens"),
-    Setting("llama.cpuThreadPoolSize", "load", "int", minimum=1, load_field="threads"),
-    Setting("numParallelSessions", "load", "int", minimum=1, load_field="parallel_slots"),
-    Setting("tryMmap", "load", "bool", load_field="use_mmap"),
-    Setting("keepModelInMemory", "load", "bool"),
-    Setting("useFp16ForKVCache", "load", "bool"),
-    Setting("ropeFrequencyBase", "load", "float", minimum=0),
-    Setting("ropeFrequencyScale", "load", "float", minimum=0),
-    Setting("llama.kCacheQuantizationType", "load", "str", choices=("f16", "q8_0", "q4_0")),
-    Setting("llama.vCacheQuantizationType", "load", "str", choices=("f16", "q8_0", "q4_0")),
-    Setting(
-        "gpu", "load", "str"
-    ),  # offload ratio: a fraction 0-1, "max" or "off" (`lms load --gpu`)
-    Setting("ttl", "load", "int", minimum=1),
+    # The body of POST /api/v1/models/load, by its names (lmstudio-ai/docs@c6854fb
+    # 1_developer/2_rest/load.md L13-43); defaults as lmstudio-js@6ec11db
+    # packages/lms-kv-config/src/schema.ts (evalBatchSize L354, offloadKVCacheToGpu L328).
+    Setting("context_length", "load", "int", minimum=1, load_field="context_tokens"),
+    Setting("eval_batch_size", "load", "int", minimum=1, default="2048"),
+    Setting("flash_attention", "load", "bool", load_field="flash_attention"),
+    Setting("num_experts", "load", "int", minimum=0),
+    Setting("offload_kv_cache_to_gpu", "load", "bool", default="true"),
     Setting("temperature", "options", "float", minimum=0),
     Setting("top_p", "options", "float", minimum=0),
     Setting("top_k", "options", "int", minimum=0),
@@ -163,36 +174,64 @@ LMSTUDIO = _settings(
     Setting("frequency_penalty", "options", "float"),
     Setting("seed", "options", "int"),
 )
+GPU_FLAG = "`lms load --gpu 0-1|max|off` before the run"
 LMSTUDIO_NOT = _not(
-    NotASetting("context_length", "LM Studio's setting is `contextLength`"),
-    NotASetting("flash_attention", "LM Studio's setting is `flashAttention`"),
-    NotASetting("batch_size", "LM Studio's setting is `evalBatchSize`"),
-    NotASetting("threads", "LM Studio's setting is `llama.cpuThreadPoolSize`"),
-    NotASetting("rope_freq_base", "LM Studio's setting is `ropeFrequencyBase`"),
-    NotASetting("rope_freq_scale", "LM Studio's setting is `ropeFrequencyScale`"),
-    NotASetting("gpu_layers", "GPU offload is the `gpu` ratio (`lms load --gpu 0-1|max|off`)"),
-    NotASetting("n_gpu_layers", "GPU offload is the `gpu` ratio (`lms load --gpu 0-1|max|off`)"),
-    NotASetting("mmap", "LM Studio's setting is `tryMmap`"),
-    NotASetting("use_mmap", "LM Studio's setting is `tryMmap`"),
-    NotASetting("f16_kv", "LM Studio's setting is `useFp16ForKVCache`"),
-    NotASetting("mlock", "the closest LM Studio setting is `keepModelInMemory`"),
-    NotASetting("use_mlock", "the closest LM Studio setting is `keepModelInMemory`"),
-    NotASetting("max_requests", "LM Studio's setting is `numParallelSessions`"),
-    NotASetting("keep_alive_timeout", "LM Studio unloads idle models after their `ttl`"),
+    # lmstudio-js names (LLMLoadModelConfig, KV config keys): the REST load takes none.
+    NotASetting("contextLength", "the REST load field is `context_length`"),
+    NotASetting("flashAttention", "the REST load field is `flash_attention`"),
+    NotASetting("evalBatchSize", "the REST load field is `eval_batch_size`"),
+    NotASetting("numExperts", "the REST load field is `num_experts`"),
+    NotASetting("offloadKVCacheToGpu", "the REST load field is `offload_kv_cache_to_gpu`"),
+    NotASetting("llama.cpuThreadPoolSize", NOT_OVER_REST),
+    NotASetting("numParallelSessions", f"{NOT_OVER_REST} (LM Studio runs 4 parallel predictions)"),
+    NotASetting("tryMmap", NOT_OVER_REST),
+    NotASetting("llama.tryMmap", NOT_OVER_REST),
+    NotASetting("keepModelInMemory", NOT_OVER_REST),
+    NotASetting("llama.keepModelInMemory", NOT_OVER_REST),
+    NotASetting("useFp16ForKVCache", NOT_OVER_REST),
+    NotASetting("llama.useFp16ForKVCache", NOT_OVER_REST),
+    NotASetting("ropeFrequencyBase", NOT_OVER_REST),
+    NotASetting("ropeFrequencyScale", NOT_OVER_REST),
+    NotASetting("llama.kCacheQuantizationType", NOT_OVER_REST),
+    NotASetting("llama.vCacheQuantizationType", NOT_OVER_REST),
+    NotASetting("llamaKCacheQuantizationType", NOT_OVER_REST),
+    NotASetting("llamaVCacheQuantizationType", NOT_OVER_REST),
+    NotASetting("gpu", f"not settable over LM Studio's REST load; use {GPU_FLAG}"),
+    NotASetting("ttl", "not settable over LM Studio's REST load; use `lms load --ttl SECONDS`"),
+    # The planning documents' names.
+    NotASetting("batch_size", "the REST load field is `eval_batch_size`"),
+    NotASetting(
+        "threads", f"LM Studio's CPU threads (llama.cpuThreadPoolSize) are {NOT_OVER_REST}"
+    ),
+    NotASetting("rope_freq_base", f"RoPE scaling (ropeFrequencyBase) is {NOT_OVER_REST}"),
+    NotASetting("rope_freq_scale", f"RoPE scaling (ropeFrequencyScale) is {NOT_OVER_REST}"),
+    NotASetting("gpu_layers", f"GPU offload is not settable over REST; use {GPU_FLAG}"),
+    NotASetting("n_gpu_layers", f"GPU offload is not settable over REST; use {GPU_FLAG}"),
+    NotASetting("mmap", f"memory mapping (tryMmap) is {NOT_OVER_REST}"),
+    NotASetting("use_mmap", f"memory mapping (tryMmap) is {NOT_OVER_REST}"),
+    NotASetting("f16_kv", f"the KV cache precision (useFp16ForKVCache) is {NOT_OVER_REST}"),
+    NotASetting("mlock", f"the closest setting (keepModelInMemory) is {NOT_OVER_REST}"),
+    NotASetting("use_mlock", f"the closest setting (keepModelInMemory) is {NOT_OVER_REST}"),
+    NotASetting(
+        "max_requests", f"parallel predictions (numParallelSessions, 4) are {NOT_OVER_REST}"
+    ),
+    NotASetting(
+        "keep_alive_timeout", "LM Studio unloads idle models after their TTL (`lms load --ttl`)"
+    ),
     NotASetting("group_attention", "LM Studio has no such setting"),
     NotASetting("sliding_window", "the window comes from the model; LM Studio has no setting"),
     NotASetting(
         "kv_cache_compression",
-        "the real settings quantize the cache: `llama.kCacheQuantizationType` and "
-        "`llama.vCacheQuantizationType`",
+        "the real settings quantize the cache (llama.kCacheQuantizationType and "
+        f"llama.vCacheQuantizationType), {NOT_OVER_REST}",
     ),
     NotASetting("numa", "LM Studio has no NUMA setting"),
-    NotASetting("low_vram", "LM Studio has no such setting; lower the `gpu` offload ratio"),
+    NotASetting("low_vram", f"LM Studio has no such setting; lower the GPU offload: {GPU_FLAG}"),
     NotASetting("logits_all", "LM Studio has no such setting"),
     NotASetting("vocab_only", "LM Studio has no such setting"),
     NotASetting("embedding", "embedding models are a model type, not a load setting"),
-    NotASetting("main_gpu", "the main GPU is part of the `gpu` setting (gpu.mainGpu)"),
-    NotASetting("tensor_split", "GPU splitting is part of the `gpu` setting (gpu.splitStrategy)"),
+    NotASetting("main_gpu", f"the main GPU (gpu.mainGpu) is {NOT_OVER_REST}"),
+    NotASetting("tensor_split", f"GPU splitting (gpu.splitStrategy) is {NOT_OVER_REST}"),
     NotASetting("tensor_parallel", "LM Studio has no such setting"),
     NotASetting("quantization", "the quantization is the model file you load: [gate]"),
     NotASetting("model_path", "the model is a key from `lms ls`: put its label in [gate].models"),
@@ -202,7 +241,9 @@ LMSTUDIO_NOT = _not(
     NotASetting("timeout", "LM Studio has no such setting; lmgauge times requests"),
     NotASetting("enable_streaming", "streaming is asked per request (`stream: true`)"),
     NotASetting("enable_embeddings", "LM Studio always serves /v1/embeddings"),
-    NotASetting("model_ttl", "LM Studio's setting is `ttl` (seconds)"),
+    NotASetting(
+        "model_ttl", "the idle TTL is not settable over REST; use `lms load --ttl SECONDS`"
+    ),
     NotASetting(
         "jit_loading",
         "just-in-time loading is an LM Studio server option in the app (on by default), "
@@ -220,15 +261,13 @@ LMSTUDIO_NOT = _not(
     NotASetting(
         "max_loaded_models", "LM Studio has no limit setting; with auto-evict it keeps one"
     ),
-    NotASetting("gpu_memory_fraction", "GPU offload is the `gpu` ratio"),
-    NotASetting("key_cache_quantization", "LM Studio's setting is `llama.kCacheQuantizationType`"),
-    NotASetting(
-        "value_cache_quantization", "LM Studio's setting is `llama.vCacheQuantizationType`"
-    ),
+    NotASetting("gpu_memory_fraction", f"GPU offload is not settable over REST; use {GPU_FLAG}"),
+    NotASetting("key_cache_quantization", f"llama.kCacheQuantizationType is {NOT_OVER_REST}"),
+    NotASetting("value_cache_quantization", f"llama.vCacheQuantizationType is {NOT_OVER_REST}"),
     NotASetting("stream_buffer_size", "LM Studio has no such setting"),
     NotASetting("stream_timeout", "LM Studio has no such setting; lmgauge times requests"),
-    NotASetting("keep_alive_interval", "LM Studio keeps a model until its `ttl` runs out"),
-    NotASetting("keep_alive_enabled", "LM Studio keeps a model until its `ttl` runs out"),
+    NotASetting("keep_alive_interval", "LM Studio keeps a model until its TTL runs out"),
+    NotASetting("keep_alive_enabled", "LM Studio keeps a model until its TTL runs out"),
     NotASetting(
         "model_warmup", "LM Studio has no such setting; lmgauge warms up before it measures"
     ),

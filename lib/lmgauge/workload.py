@@ -1,13 +1,17 @@
 """Prompts of an exact token length, distinct per sample.
 
 Prefill speed is only comparable between runs when the prompt length is exact, and only
-real when no prompt cache serves it: each seed shuffles the words differently, so two
-prompts already differ at their first token and no prefix can be reused.
+real when no prompt cache serves it. A server's prompt cache reuses the longest common
+prefix of a new prompt and one it has seen (llama-server, which Ollama runs with
+``cache_prompt`` hard-coded on; mlx_lm.server), across requests and across runs while the
+server stays up. So every prompt starts with a nonce no other prompt shares, counted in its
+exact length, and then the seed's shuffle of the words.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable
 
 WORDS = (
@@ -139,13 +143,30 @@ WORDS = (
 )
 
 
-def exact_prompt(n_tokens: int, count_tokens: Callable[[str], int], *, seed: int = 0) -> str:
-    """A prompt of exactly ``n_tokens`` tokens as ``count_tokens`` counts them.
+def new_nonce() -> str:
+    """Six random hex digits, fresh at every call: random rather than counted, so that two
+    prompts seldom share even the nonce's first token, and no run repeats another's."""
+    return secrets.token_hex(3)
+
+
+def exact_prompt(
+    n_tokens: int,
+    count_tokens: Callable[[str], int],
+    *,
+    seed: int = 0,
+    nonce: str | None = None,
+) -> str:
+    """A prompt of exactly ``n_tokens`` tokens as ``count_tokens`` counts them, starting
+    with ``nonce`` (None: a fresh one; "": none). A nonce longer than the whole prompt is
+    left out.
 
     Raises ValueError if the tokenizer cannot be brought to that length exactly.
     """
     if n_tokens < 1:
         raise ValueError(f"a prompt needs at least 1 token, got {n_tokens}")
+    head = new_nonce() if nonce is None else nonce
+    if head and count_tokens(head) > n_tokens:
+        head = ""
     rng = random.Random(seed)
     words: list[str] = []
     while len(words) < n_tokens:
@@ -154,9 +175,9 @@ def exact_prompt(n_tokens: int, count_tokens: Callable[[str], int], *, seed: int
         words.extend(batch)
 
     def text(k: int) -> str:
-        return " ".join(words[:k])
+        return " ".join([head, *words[:k]] if head else words[:k])
 
-    low, high = 1, n_tokens  # every word is at least one token: k <= n_tokens
+    low, high = (0 if head else 1), n_tokens  # every word is at least one token
     while low < high:  # the most words that stay within n_tokens
         middle = (low + high + 1) // 2
         if count_tokens(text(middle)) <= n_tokens:

@@ -1,19 +1,24 @@
 """Ollama's native REST API (ollama/ollama docs/api.md).
 
 Streams ``/api/generate`` (``raw``: no template) or ``/api/chat`` as NDJSON, one object
-per line and one token per object; the final ``done: true`` object carries the timings
-(ns). No ignore_eos: measure.py flags a short answer. Per server/routes.go and sched.go:
-a request whose runner options (num_ctx, num_batch, num_thread, ...) differ from the
-loaded model's reloads it, so ``load``'s options go with every request; the prompt cache
-is always on and prompt_eval_count includes cached tokens, so vary the prompt; flash
-attention, KV cache type and parallel slots are server settings (OLLAMA_FLASH_ATTENTION,
-OLLAMA_KV_CACHE_TYPE, OLLAMA_NUM_PARALLEL), not sent here.
+per line, one or more tokens per object (ollama_stream.py); the final ``done: true``
+object carries eval_count and the timings (ns). No ignore_eos: measure.py flags a short
+answer. Per server/routes.go and sched.go: a request whose runner options (num_ctx,
+num_batch, num_thread, ...) differ from the loaded model's reloads it, so ``load``'s
+options go with every request. The prompt cache is always on: Ollama sends its runner
+(llama-server) ``cache_prompt: true`` whatever the request says (llm/llama_server.go
+@fb30760 L1562, L2155), and prompt_eval_count includes the reused tokens while
+prompt_eval_duration does not; lmgauge's prompts start with a nonce (workload.py), and
+the server's prefill time is left out on /api/chat, whose template head is always reused.
+Flash attention, KV cache type and parallel slots are server settings
+(OLLAMA_FLASH_ATTENTION, OLLAMA_KV_CACHE_TYPE, OLLAMA_NUM_PARALLEL), not sent here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -43,12 +48,16 @@ from lmgauge.errors import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
+    ConfigError,
     ModelNotFoundError,
     ProtocolError,
     ServerError,
 )
 
 UNLOAD_WAIT_S = 10.0  # how long /api/ps may go on listing a model after its unload
+# Options.FromMap's type errors, which Ollama answers with HTTP 500 (api/types.go@fb30760
+# L1026-1058; server/routes.go handleScheduleError, L3118).
+OPTION_TYPE_ERROR = re.compile(r'option "([^"]+)" must be (?:of type|of an array)')
 
 
 class OllamaBackend:
@@ -201,11 +210,12 @@ class OllamaBackend:
             raise ProtocolError(f"{self.base_url}/api/embed: {exc}: {str(rows)[:120]}") from exc
 
     def _body(self, request: GenerateRequest) -> dict[str, Any]:
+        seed = {} if request.seed is None else {"seed": request.seed}
         options = {
             **self._load_options.get(canonical_name(request.model), {}),
             "num_predict": request.max_tokens,
             "temperature": request.temperature,
-            "seed": request.seed,
+            **seed,
             **request.options,
         }
         body: dict[str, Any] = {"model": request.model, "stream": True, "options": options}
@@ -261,6 +271,14 @@ class OllamaBackend:
         if status == 503:
             fix = "Ollama's queue is full (OLLAMA_MAX_QUEUE, default 512): send fewer at once"
             raise ServerError(f"{url} answered 503 ({first_line}); {fix}", 503)
+        wrong_type = OPTION_TYPE_ERROR.search(first_line) if status == 500 else None
+        if wrong_type is not None:
+            name = wrong_type.group(1)
+            example = ' (a list of strings: stop = ["</s>"])' if name == "stop" else ""
+            raise ConfigError(
+                f"{url} refused the option {name!r} ({first_line}): fix its value in the "
+                f"config's [load] or [options]{example}; `lmgauge lint-config` checks types"
+            )
         raise ServerError(f"{url} answered HTTP {status}: {first_line}", status)
 
     def _translate(self, exc: httpx.HTTPError, path: str) -> BackendError:

@@ -1,7 +1,11 @@
 """Parsing Ollama's NDJSON stream: pure functions, no I/O (fuzzed in tests/test_ollama.py).
 
-One object per line and, as a rule, one token per object; the final ``done: true``
-object carries the timings in nanoseconds (ollama/ollama docs/api.md, server/routes.go).
+One object per line, and as a rule one token per object, but not always: Ollama sends an
+object only when it has text (llm/llama_server.go@fb30760 L1705, L2036; server/routes.go
+L726, L2832), so a thinking tag makes none on /api/chat, and llama-server holds back a
+token that ends inside a UTF-8 character and sends it with the next one. The final
+``done: true`` object carries ``eval_count``, the true number of sampled tokens, and the
+timings in nanoseconds (docs/api.md).
 """
 
 from __future__ import annotations
@@ -71,13 +75,22 @@ def json_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def timings_from_final(obj: dict[str, Any]) -> ServerTimings:
+def timings_from_final(obj: dict[str, Any], *, chat: bool = False) -> ServerTimings:
     """The final object's counts and durations. llama.cpp starts its decode timer when it
-    samples the first token, so eval_duration spans eval_count - 1 decode steps."""
+    samples the first token, so eval_duration spans eval_count - 1 decode steps.
+
+    Ollama sends its runner every prompt with ``cache_prompt: true`` (llm/llama_server.go
+    @fb30760 L1560-1562, L2152-2155) and reports prompt_eval_count = cache_n + prompt_n but
+    prompt_eval_duration = prompt_ms, the processed tokens' time only (L1503-1513,
+    L1723-1726), without cache_n. Their ratio is a prefill rate only when nothing was
+    reused: a raw /api/generate prompt that starts with a nonce (lmgauge.workload) shares
+    at most the nonce's first token with any earlier one. On /api/chat the template's head
+    is reused on every request, by an amount Ollama does not report: no prefill time there.
+    """
     eval_count = json_count(obj.get("eval_count"))
     return ServerTimings(
         prompt_tokens=json_count(obj.get("prompt_eval_count")),  # cached tokens included
-        prompt_s=json_seconds(obj.get("prompt_eval_duration")),
+        prompt_s=None if chat else json_seconds(obj.get("prompt_eval_duration")),
         output_tokens=eval_count,
         decode_tokens=eval_count - 1 if eval_count is not None and eval_count >= 2 else None,
         decode_s=json_seconds(obj.get("eval_duration")),
@@ -87,11 +100,14 @@ def timings_from_final(obj: dict[str, Any]) -> ServerTimings:
 
 
 class ChunkAssembler:
-    """Streamed objects (with arrival times) in, Chunks out; one object is one token.
+    """Streamed objects (with arrival times) in, Chunks out; one object counts one token.
 
-    A text-less object (a thinking tag) is a token of the thinking or the answer, as its
-    neighbours are. When num_predict was reached with fewer objects than eval_count
-    (tokens merged into one object), the missing ones are counted on the final chunk.
+    A text-less object (a thinking tag, which /api/generate with ``raw`` and ``think``
+    sends) is a token of the thinking or the answer, as its neighbours are. Tokens that
+    came in no object of their own (merged, or tags on /api/chat) are counted on the final
+    chunk from eval_count, whatever the done_reason: with "stop", eval_count includes the
+    end-of-sequence token (llama-server's n_gen counts every sampled token), which streams
+    no text and is not counted.
     """
 
     def __init__(self, *, chat: bool, max_tokens: int | None = None) -> None:
@@ -141,14 +157,17 @@ class ChunkAssembler:
     ) -> Iterator[Chunk]:
         self.done = True
         yield from self._flush(next_reasoning=reasoning)
-        timings = timings_from_final(obj)
+        timings = timings_from_final(obj, chat=self.chat)
         tokens = 1 if text else 0
         reason = obj.get("done_reason")
         if not isinstance(reason, str) or not reason:
             limit = self.max_tokens
             reason = "length" if limit and (timings.output_tokens or 0) >= limit else "stop"
-        if reason == "length" and self.max_tokens is not None and timings.output_tokens:
-            tokens = max(tokens, min(timings.output_tokens, self.max_tokens) - self.tokens)
+        if timings.output_tokens:
+            shown = timings.output_tokens - (1 if reason == "stop" else 0)  # EOS: no text
+            if self.max_tokens is not None:
+                shown = min(shown, self.max_tokens)
+            tokens = max(tokens, shown - self.tokens)
         self.tokens += tokens
         reasoning = reasoning or (self._last_reasoning and not text)
         yield Chunk(text, tokens, at_s, finish_reason=reason, timings=timings, reasoning=reasoning)
