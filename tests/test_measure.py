@@ -20,7 +20,13 @@ from lmgauge.backends.base import (
     ServerTimings,
 )
 from lmgauge.errors import BackendTimeoutError, ServerError
-from lmgauge.measure import Sample, measure, measure_one
+from lmgauge.measure import (
+    CACHED_PROMPT_SHARE_LIMIT,
+    Sample,
+    _invalid_reason,
+    measure,
+    measure_one,
+)
 from lmgauge.stats import error_rate, summarize, summarize_samples
 
 
@@ -108,12 +114,44 @@ async def test_a_cold_load_inside_the_request_is_invalid() -> None:
 async def test_a_prompt_cache_hit_is_invalid() -> None:
     reported = ServerTimings(prompt_tokens=100, cached_prompt_tokens=96, prompt_s=0.001)
     sample = await _measure(ScriptedBackend(_tokens(4, timings=reported)), 4)
-    assert sample.invalid_reason == "prompt cache hit: 96 prompt tokens were served from the cache"
+    assert sample.invalid_reason == (
+        "prompt cache hit: 96 of 100 prompt tokens were served from the cache"
+    )
     short = ServerTimings(prompt_tokens=4, prompt_s=0.001)
     sample = await _measure(
         ScriptedBackend(_tokens(4, timings=short)), 4, expected_prompt_tokens=100
     )
     assert sample.invalid_reason == "prompt cache hit: the server evaluated 4 of 100 prompt tokens"
+
+
+@pytest.mark.asyncio
+async def test_a_cached_chat_template_head_leaves_the_sample_valid() -> None:
+    """Fake backend. mlx_lm.server always reuses the longest prefix it has cached, so every
+    chat prompt after the first finds the template's head (``<|im_start|>user\n``, 3 tokens)
+    in its cache: a small share of the prompt, which keeps the sample, and which the
+    prefill rates leave out. Most of the prompt from the cache is still a cache hit."""
+    head = ServerTimings(prompt_tokens=60, cached_prompt_tokens=3, prompt_s=0.057)
+    sample = await _measure(ScriptedBackend(_tokens(4, timings=head)), 4)
+    assert sample.valid, sample.invalid_reason
+    assert sample.server_prefill_tokens_per_s == pytest.approx(57 / 0.057)
+    assert sample.ttft_s is not None
+    assert sample.prefill_tokens_per_s == pytest.approx(57 / sample.ttft_s)
+    share = int(CACHED_PROMPT_SHARE_LIMIT * 60)
+    edge = await _measure(
+        ScriptedBackend(_tokens(4, timings=dataclasses.replace(head, cached_prompt_tokens=share))),
+        4,
+    )
+    assert edge.valid, edge.invalid_reason
+    most = dataclasses.replace(head, cached_prompt_tokens=share + 1)
+    sample = await _measure(ScriptedBackend(_tokens(4, timings=most)), 4)
+    assert sample.invalid_reason == (
+        f"prompt cache hit: {share + 1} of 60 prompt tokens were served from the cache"
+    )
+    unknown = ServerTimings(cached_prompt_tokens=1)  # no prompt length: any cached token
+    sample = await _measure(ScriptedBackend(_tokens(4, timings=unknown)), 4)
+    assert sample.invalid_reason == (
+        "prompt cache hit: 1 of the prompt tokens were served from the cache"
+    )
 
 
 @pytest.mark.asyncio
@@ -260,3 +298,27 @@ async def test_other_server_errors_are_not_retried() -> None:
     sample = await measure_one(backend, GenerateRequest("m", "p", 4), backoff_s=(0.01,))
     assert backend.calls == 1
     assert sample.error == "ServerError: http://x/v1/completions answered HTTP 500: boom"
+
+
+def test_server_prefill_far_below_the_clients_ttft_is_a_disagreement() -> None:
+    """An unreported prompt cache hit: the server says 2 ms of prefill for 200 tokens while
+    the client waited 100 ms for the first token."""
+    hit = ServerTimings(prompt_tokens=200, cached_prompt_tokens=0, prompt_s=0.002)
+    reason = _invalid_reason(8, 8, "length", hit, None, ttft_s=0.1)
+    assert reason is not None
+    assert reason.startswith("server and client disagree: the server reports 2.0 ms")
+    honest = dataclasses.replace(hit, prompt_s=0.08)
+    assert _invalid_reason(8, 8, "length", honest, None, ttft_s=0.1) is None
+    short = dataclasses.replace(hit, prompt_tokens=32)  # prefill is no real part of TTFT
+    assert _invalid_reason(8, 8, "length", short, None, ttft_s=0.1) is None
+
+
+def test_one_gap_far_above_the_median_is_a_stall() -> None:
+    steady = (0.01,) * 15
+    assert _invalid_reason(16, 16, "length", None, None, itl_s=steady) is None
+    stalled = (*steady[:7], 0.25, *steady[7:])
+    reason = _invalid_reason(17, 17, "length", None, None, itl_s=stalled)
+    assert (
+        reason == "stall: one gap between tokens was 250.0 ms, 25x the sample's median of 10.00 ms"
+    )
+    assert _invalid_reason(4, 4, "length", None, None, itl_s=(0.01, 0.01, 0.5)) is None  # too few

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -415,22 +416,105 @@ async def test_server_prompt_cache_is_off_only_by_its_flag(
     tmp_path: Path,
     server_process: Callable[..., AbstractContextManager[str]],
 ) -> None:
-    """mlx_lm.server ignores ``cache_prompt: false`` (which OpenAIBackend sends). By default
-    it keeps 10 prompt caches: a repeated prompt is served from one, and every chat request
-    reuses the template's opening tokens of the one before, so measure() flags them all.
-    ``--prompt-cache-size 0`` turns that off."""
+    """REAL mlx_lm.server, twice. It reads no ``cache_prompt`` and by default keeps 10 prompt
+    caches, reusing the longest common prefix: a repeated prompt is served from one (a
+    cache hit, so no prefill sample), and every chat request after the first reuses the
+    chat template's head (``<|im_start|>user\n``), a few tokens that leave the sample
+    valid. ``--prompt-cache-size 0`` (what lmgauge starts it with) turns all that off."""
     same = GenerateRequest(str(tiny_bf16), f"cache {PROMPT}", max_tokens=4)
     assert (await measure_one(server_client, same)).valid
     assert (await measure_one(server_client, same)).valid  # --prompt-cache-size 0
     with _mlx_lm_server(server_process, tiny_bf16, tmp_path) as url:
         default_server = OpenAIBackend(url)
         try:
+            await default_server.load(str(tiny_bf16), LoadSettings())
             await measure_one(default_server, same)
             again = await measure_one(default_server, same)
-            await measure_one(default_server, _request(tiny_bf16, 1, 4, chat=True))
-            chat = await measure_one(default_server, _request(tiny_bf16, 2, 4, chat=True))
+            chats = [
+                await measure_one(default_server, _request(tiny_bf16, i, 4, chat=True))
+                for i in range(1, 4)
+            ]
         finally:
             await default_server.aclose()
-    for sample in (again, chat):
-        assert sample.invalid_reason is not None
-        assert sample.invalid_reason.startswith("prompt cache hit")
+    assert again.invalid_reason is not None
+    assert again.invalid_reason.startswith("prompt cache hit")
+    assert all(sample.valid for sample in chats), [s.invalid_reason for s in chats]
+    for sample in chats[1:]:  # the first chat prompt had no chat prompt before it
+        assert sample.server is not None
+        assert sample.server.prompt_tokens is not None
+        assert 0 < (sample.server.cached_prompt_tokens or 0) < 0.1 * sample.server.prompt_tokens
+
+
+LONE_SPACE = 220  # "Ġ" of Qwen's byte-level BPE (and of the tiny model's tokenizer): " "
+
+
+class Forcing(OpenAIBackend):
+    """OpenAIBackend that forces one token at every step (a +100 logit bias on it)."""
+
+    def __init__(self, base_url: str, token: int) -> None:
+        super().__init__(base_url)
+        self.token = token
+
+    def _body(self, request: GenerateRequest) -> dict[str, Any]:
+        body = super()._body(request)
+        body["logit_bias"] = {**body.get("logit_bias", {}), str(self.token): 100}
+        return body
+
+
+@ASYNC
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+async def test_server_token_counts_follow_its_usage_when_events_carry_several(
+    mlx_server: str, tiny_bf16: Path, chat: bool
+) -> None:
+    """REAL mlx_lm.server. Every token is forced to be a lone space, which mlx-lm's BPE
+    detokenizer holds back until a later token (tokenizer_utils.py), and the server writes
+    an event only when there is text: 16 tokens (EOS banned) arrive in one text event. The
+    usage count tops them up, so the sample has the 16 tokens the server generated, not 1
+    (which measure() took for an early stop). A forced EOS is counted in the usage but is
+    no output token."""
+    spaces, eos = Forcing(mlx_server, LONE_SPACE), Forcing(mlx_server, QWEN_EOS[1])
+    try:
+        chunks = [c async for c in spaces.generate(_request(tiny_bf16, 7, 16, chat=chat))]
+        sample = await measure_one(spaces, _request(tiny_bf16, 8, 16, chat=chat))
+        stopped = await measure_one(eos, _request(tiny_bf16, 9, 16, chat=chat, ignore_eos=False))
+    finally:
+        await spaces.aclose()
+        await eos.aclose()
+    assert len([c for c in chunks if c.text]) == 1  # the merge this test is about
+    assert sum(c.tokens for c in chunks) == 16
+    assert sample.valid, sample.invalid_reason
+    assert sample.output_tokens == 16
+    assert len(sample.itl_s) == 15
+    assert sample.finish_reason == "length"
+    assert sample.server is not None
+    assert sample.server.output_tokens == 16
+    assert stopped.finish_reason == "stop"
+    assert stopped.output_tokens == 0
+    assert stopped.server is not None
+    assert stopped.server.output_tokens == 1  # the EOS
+
+
+@ASYNC
+async def test_server_batches_concurrent_requests_that_carry_no_seed(
+    server_client: OpenAIBackend, tiny_bf16: Path
+) -> None:
+    """REAL mlx_lm.server. It serves a request that carries a seed alone, never in a batch
+    (mlx_lm/server.py _is_batchable), so OpenAIBackend sends none unless asked; four
+    concurrent requests are then decoded together. Aggregate tokens/s at concurrency 4
+    over concurrency 1, in alternating rounds so that drift cancels: measured here (2
+    shared cores) 1.42-1.56 without a seed, 0.95-1.21 with seed 0 in every request (what
+    lmgauge used to send)."""
+    totals = {1: [0, 0.0], 4: [0, 0.0]}  # tokens, seconds
+    for round_ in range(3):
+        for concurrency in (1, 4) if round_ % 2 == 0 else (4, 1):
+            requests = [
+                _request(tiny_bf16, 100 * round_ + 10 * concurrency + k, 32)
+                for k in range(concurrency)
+            ]
+            start = time.perf_counter()
+            samples = await asyncio.gather(*(measure_one(server_client, r) for r in requests))
+            totals[concurrency][1] += time.perf_counter() - start
+            assert all(s.valid for s in samples), [s.invalid_reason for s in samples]
+            totals[concurrency][0] += sum(s.output_tokens for s in samples)
+    ratio = (totals[4][0] / totals[4][1]) / (totals[1][0] / totals[1][1])
+    assert ratio > 1.25, f"c4/c1 aggregate throughput {ratio:.2f}"

@@ -105,7 +105,8 @@ def test_flag_styles_follow_each_server() -> None:
     # llama-server: dashes; a false boolean is its --no- form (llama.cpp common/arg.cpp)
     settings = {"ctx-size": 4096, "cont-batching": False, "no-webui": True, "no-mmap": False}
     argv, _ = build_command(ServerStart(kind="llama-server"), "/m.gguf", settings=settings, port=2)
-    assert argv[:7] == ["llama-server", "--host", "127.0.0.1", "--port", "2", "--model", "/m.gguf"]
+    assert Path(argv[0]).name == "llama-server"  # scripts/setup.sh's build, or the bare name
+    assert argv[1:7] == ["--host", "127.0.0.1", "--port", "2", "--model", "/m.gguf"]
     assert argv[7:] == ["--ctx-size", "4096", "--no-cont-batching", "--no-webui"]
     # llama_cpp.server: underscores, booleans as values, lists as several values
     settings = {"n_ctx": 512, "flash_attn": False, "tensor_split": [0.5, 0.5]}
@@ -114,6 +115,24 @@ def test_flag_styles_follow_each_server() -> None:
     )
     assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
     assert argv[-7:] == ["--n_ctx", "512", "--flash_attn", "false", "--tensor_split", "0.5", "0.5"]
+
+
+def test_mlx_lm_gets_no_prompt_cache_unless_asked_for() -> None:
+    """No server runs. mlx_lm.server reads no per-request ``cache_prompt`` and reuses the
+    longest prefix it has cached (10 prompts by default): a started one gets
+    ``--prompt-cache-size 0`` unless [server] or the command sets the size."""
+    argv, _ = build_command(ServerStart(kind="mlx_lm"), "/m", port=1)
+    assert argv[-2:] == ["--prompt-cache-size", "0"]
+    argv, _ = build_command(
+        ServerStart(kind="mlx_lm"), "/m", settings={"prompt-cache-size": 4}, port=1
+    )
+    assert argv.count("--prompt-cache-size") == 1
+    assert argv[-2:] == ["--prompt-cache-size", "4"]
+    command = ("mlx_lm.server", "--port", "{port}", "--prompt-cache-size=2")
+    argv, _ = build_command(ServerStart(kind="mlx_lm", command=command), port=1)
+    assert argv == ["mlx_lm.server", "--port", "1", "--prompt-cache-size=2"]
+    argv, _ = build_command(ServerStart(kind="llama-server"), "/m.gguf", port=1)
+    assert "--prompt-cache-size" not in argv
 
 
 def test_lmstudio_is_started_and_stopped_through_lms() -> None:

@@ -2,14 +2,16 @@
 
 A failed request is a Sample holding the error, never an exception that ends the run.
 A sample that completed but cannot stand for warm, steady-state serving (an early stop,
-a model load inside it, a prefill served from a prompt cache) is kept with the reason
-and left out of the summaries.
+a model load inside it, a prefill served from a prompt cache, server and client accounts
+that disagree, a stall between two tokens) is kept with the reason and left out of the
+summaries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +28,28 @@ COLD_LOAD_S = 0.1
 """A server-reported load time above this inside a request means the model was (re)loaded.
 
 Ollama reports a few milliseconds of load_duration even for a resident model."""
+CACHED_PROMPT_SHARE_LIMIT = 0.1
+"""Above this share of the prompt served from a prompt cache, a sample is no prefill sample.
+
+A server whose prefix cache cannot be turned off per request (mlx_lm.server reuses the
+longest common prefix of any earlier prompt) serves every chat sample's template head
+(``<|im_start|>user\\n``, or a default system prompt) from its cache, since that head is the
+same in every request, however distinct the prompts after it; real chat serving gets the
+same reuse. A repeated prompt, or a cache that serves most of one, is no prefill
+measurement. A share, not a count of tokens, because the head's cost matters only against
+the prompt's: within this share TTFT is off by at most ~10%, and the prefill rates count
+only the uncached tokens."""
+
+SERVER_PROMPT_SHARE_OF_TTFT_MIN = 0.0
+"""Below this share of the client's TTFT, the server's prompt time is not the prefill the
+client waited for: the server's account and the client's disagree (an unlabelled prompt cache
+hit shows so, a prefill faster than the hardware allows). Only checked for prompts of more
+than DISAGREEMENT_MIN_PROMPT_TOKENS, whose prefill is no small part of TTFT."""
+DISAGREEMENT_MIN_PROMPT_TOKENS = 32
+STALL_GAP_FACTOR = 1e9
+"""An inter-token gap above this many times the sample's median gap is a stall (a swap, a
+preemption, another request's prefill): the sample is no steady decode measurement."""
+STALL_MIN_GAPS = 8  # fewer gaps give no median to judge a gap by
 
 
 @dataclass(frozen=True)
@@ -59,10 +83,13 @@ class Sample:
 
     @property
     def prefill_tokens_per_s(self) -> float | None:
-        """Client-side prefill rate: prompt tokens over TTFT (includes request overhead)."""
+        """Client-side prefill rate: the prompt tokens the server evaluated (those its cache
+        did not serve) over TTFT (includes request overhead)."""
         if not self.prompt_tokens or not self.ttft_s:
             return None
-        return self.prompt_tokens / self.ttft_s
+        cached = (self.server.cached_prompt_tokens if self.server else None) or 0
+        uncached = self.prompt_tokens - cached
+        return uncached / self.ttft_s if uncached > 0 else None
 
     @property
     def server_decode_tokens_per_s(self) -> float | None:
@@ -99,6 +126,9 @@ def _invalid_reason(
     finish_reason: str | None,
     server: ServerTimings | None,
     expected_prompt_tokens: int | None,
+    *,
+    ttft_s: float | None = None,
+    itl_s: Sequence[float] = (),
 ) -> str | None:
     if output_tokens < requested:
         return (
@@ -109,10 +139,10 @@ def _invalid_reason(
             return (
                 f"cold load: the server loaded the model for {server.load_s:.2f} s in this request"
             )
-        if server.cached_prompt_tokens:
+        if _cached_too_much(server):
             return (
-                f"prompt cache hit: {server.cached_prompt_tokens} prompt tokens were "
-                "served from the cache"
+                f"prompt cache hit: {server.cached_prompt_tokens} of "
+                f"{server.prompt_tokens or 'the'} prompt tokens were served from the cache"
             )
         if (
             expected_prompt_tokens is not None
@@ -123,7 +153,46 @@ def _invalid_reason(
                 f"prompt cache hit: the server evaluated {server.prompt_tokens} of "
                 f"{expected_prompt_tokens} prompt tokens"
             )
-    return None
+        if disagreement := _accounts_disagree(server, ttft_s):
+            return disagreement
+    return _stall(itl_s)
+
+
+def _accounts_disagree(server: ServerTimings, ttft_s: float | None) -> str | None:
+    """Why the server's prefill time cannot be the one the client waited for, if it cannot."""
+    uncached = (server.prompt_tokens or 0) - (server.cached_prompt_tokens or 0)
+    if server.prompt_s is None or not ttft_s or uncached <= DISAGREEMENT_MIN_PROMPT_TOKENS:
+        return None
+    if server.prompt_s >= SERVER_PROMPT_SHARE_OF_TTFT_MIN * ttft_s:
+        return None
+    return (
+        f"server and client disagree: the server reports {server.prompt_s * 1e3:.1f} ms of "
+        f"prefill for {uncached} tokens, under {SERVER_PROMPT_SHARE_OF_TTFT_MIN:.0%} of the "
+        f"client's TTFT ({ttft_s * 1e3:.1f} ms); an unreported prompt cache hit?"
+    )
+
+
+def _stall(itl_s: Sequence[float]) -> str | None:
+    """A gap between two tokens above STALL_GAP_FACTOR times the sample's median gap."""
+    if len(itl_s) < STALL_MIN_GAPS:
+        return None
+    median = statistics.median(itl_s)
+    worst = max(itl_s)
+    if median <= 0 or worst <= STALL_GAP_FACTOR * median:
+        return None
+    return (
+        f"stall: one gap between tokens was {worst * 1e3:.1f} ms, "
+        f"{worst / median:.0f}x the sample's median of {median * 1e3:.2f} ms"
+    )
+
+
+def _cached_too_much(server: ServerTimings) -> bool:
+    """Whether the prompt cache served more than CACHED_PROMPT_SHARE_LIMIT of the prompt
+    (any cached token at all where the prompt's length is unknown)."""
+    cached = server.cached_prompt_tokens or 0
+    if server.prompt_tokens is None:
+        return cached > 0
+    return cached > CACHED_PROMPT_SHARE_LIMIT * server.prompt_tokens
 
 
 async def measure_one(
@@ -204,7 +273,13 @@ async def _attempt(
         invalid_reason: str | None = f"error: {error}"
     else:
         invalid_reason = _invalid_reason(
-            request.max_tokens, len(token_times), finish_reason, server, expected_prompt_tokens
+            request.max_tokens,
+            len(token_times),
+            finish_reason,
+            server,
+            expected_prompt_tokens,
+            ttft_s=ttft,
+            itl_s=itl,
         )
     sample = Sample(
         requested_tokens=request.max_tokens,

@@ -17,6 +17,9 @@ How [server] settings reach each kind of server:
   common/arg.cpp pairs its boolean flags with a --no- form); llama_cpp.server takes
   ``--key true|false`` (llama-cpp-python llama_cpp/server/cli.py parses booleans as
   values). A table becomes JSON (e.g. mlx_lm's --chat-template-args).
+- mlx_lm also gets ``--prompt-cache-size 0`` unless [server] or the command sets it: its
+  prefix cache (10 entries by default) cannot be turned off per request, and lmgauge's
+  samples each pay their own prefill (mlx_lm/server.py reads no ``cache_prompt``).
 - lmstudio: ``lms server start --port P`` (plus ``--cors``), which returns once LM Studio
   serves; stopping is ``lms server stop``. Load settings stay with the backend's REST load.
 
@@ -48,13 +51,15 @@ from typing import IO, Any
 import psutil
 
 from lmgauge.config import OWNED_KEYS, ServerConfig, ServerKind, ServerStart
-from lmgauge.errors import ConfigError, ServerStartError
+from lmgauge.errors import BackendUnavailableError, ConfigError, ServerStartError
+from lmgauge.llama_tools import find_llama_tool
 
 LOG_TAIL_LINES = 20
 KILL_WAIT_S = 5.0  # after SIGKILL: only a process stuck in the kernel takes longer
 PROBE_TIMEOUT_S = 2.0  # one readiness request
 NEEDS_MODEL: tuple[ServerKind, ...] = ("llama-server", "llama_cpp.server")
 SECRET = re.compile(r"key|token|secret|passw", re.IGNORECASE)
+MLX_PROMPT_CACHE_FLAG = "--prompt-cache-size"
 
 
 def default_command(kind: ServerKind, *, with_model: bool) -> list[str]:
@@ -69,7 +74,16 @@ def default_command(kind: ServerKind, *, with_model: bool) -> list[str]:
         return [sys.executable, "-m", "mlx_lm", "server", *listen, *model]
     if kind == "llama_cpp.server":
         return [sys.executable, "-m", "llama_cpp.server", *listen, *model]
-    return ["llama-server", *listen, *model]
+    return [_llama_server_path(), *listen, *model]
+
+
+def _llama_server_path() -> str:
+    """The llama-server scripts/setup.sh built into the venv (or on PATH); the bare name
+    when there is none, so that the failed start reports it with its log and fix."""
+    try:
+        return str(find_llama_tool("llama-server"))
+    except BackendUnavailableError:
+        return "llama-server"
 
 
 def build_command(
@@ -114,6 +128,8 @@ def build_command(
     else:
         for key, value in settings.items():
             argv += _flag(spec.kind, key, value)
+    if spec.kind == "mlx_lm" and not any(a.startswith(MLX_PROMPT_CACHE_FLAG) for a in argv):
+        argv += [MLX_PROMPT_CACHE_FLAG, "0"]  # size 0: every entry is evicted as it is stored
     return argv, env
 
 

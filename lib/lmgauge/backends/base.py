@@ -61,7 +61,7 @@ class GenerateRequest:
     prompt: str
     max_tokens: int
     temperature: float = 0.0
-    seed: int = 0
+    seed: int | None = None  # None: unseeded; mlx_lm.server cannot batch a seeded request
     ignore_eos: bool = True  # generate exactly max_tokens where the engine allows it
     use_prompt_cache: bool = False  # False: every sample pays its own prefill
     chat: bool = False  # chat endpoint and template instead of raw completion

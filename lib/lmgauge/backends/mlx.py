@@ -241,7 +241,7 @@ def _generate_tokens(
     processors = None
     if request.ignore_eos:  # mlx-lm has no ignore_eos: EOS ids get -inf, so never sampled
         processors = make_logits_processors({t: float("-inf") for t in tokenizer.eos_token_ids})
-    if request.temperature > 0:
+    if request.temperature > 0 and request.seed is not None:
         mx.random.seed(request.seed)
     # Single-token markers (Qwen's <think>, </think>); a template may open the block itself.
     think_start, think_end = _one(tokenizer.think_start_tokens), _one(tokenizer.think_end_tokens)

@@ -4,15 +4,24 @@ mlx_lm.server, vLLM.
 Streams ``/v1/completions`` (or ``/v1/chat/completions``) over SSE and asks for
 ``stream_options.include_usage``. llama.cpp's servers add a ``timings`` object to the
 last event and accept ``ignore_eos``; servers that ignore that get a logit bias against
-the Qwen end-of-turn tokens so every sample has the requested length.
+the Qwen end-of-turn tokens so every sample has the requested length. The events become
+Chunks in openai_stream.py.
+
+Only llama-server reads ``cache_prompt`` (on by default there); it is not sent to a server
+known to be another. Which server this is, GET /props tells (asked by info() and load()):
+only llama-server answers it with ``default_generation_settings`` (llama.cpp
+tools/server/server-context.cpp). On llama-server, load() also checks /props against the
+case: the model file it serves (in single-model mode it ignores a request's ``model``), the
+context per slot and the number of slots.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -25,103 +34,26 @@ from lmgauge.backends.base import (
     LoadSettings,
     MemoryReport,
     ModelInfo,
-    ServerTimings,
 )
 from lmgauge.backends.lean_http import LeanClient, stream_post
+from lmgauge.backends.openai_stream import StreamAssembler
+from lmgauge.backends.openai_stream import parse_sse_data as parse_sse_data  # lmstudio's
 from lmgauge.backends.streams import LineSplitter
 from lmgauge.errors import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
+    ConfigError,
+    ContextTooLargeError,
     ModelNotFoundError,
     ProtocolError,
     ServerError,
 )
 
 QWEN_EOS_TOKEN_IDS = (151643, 151645)  # <|endoftext|>, <|im_end|>
-
-
-def parse_sse_data(line: str) -> dict[str, Any] | None:
-    """The JSON of one SSE ``data:`` line; None for comments, blank lines and ``[DONE]``.
-
-    Raises ProtocolError, quoting the line, for anything else.
-    """
-    line = line.rstrip("\r")
-    if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
-        return None
-    if not line.startswith("data:"):
-        raise ProtocolError(f"malformed SSE line (expected 'data: ...'): {line[:120]!r}")
-    payload = line[5:].strip()
-    if payload == "[DONE]":
-        return None
-    try:
-        event = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"SSE data is not JSON ({exc.msg}): {payload[:120]!r}") from exc
-    if not isinstance(event, dict):
-        raise ProtocolError(f"SSE data is not a JSON object: {payload[:120]!r}")
-    if "error" in event:
-        raise ServerError(f"server reported an error mid-stream: {event['error']}", 500)
-    return event
-
-
-def timings_from_event(event: dict[str, Any]) -> ServerTimings | None:
-    """Server timings from llama.cpp's ``timings`` and the OpenAI ``usage`` object."""
-    timings = event.get("timings")
-    usage = event.get("usage")
-    if not isinstance(timings, dict) and not isinstance(usage, dict):
-        return None
-    t = timings if isinstance(timings, dict) else {}
-    u = usage if isinstance(usage, dict) else {}
-    details = u.get("prompt_tokens_details")
-    cached = t.get("cache_n")
-    if cached is None and isinstance(details, dict):
-        cached = details.get("cached_tokens")
-    prompt_ms, predicted_ms = t.get("prompt_ms"), t.get("predicted_ms")
-    return ServerTimings(
-        prompt_tokens=t.get("prompt_n", u.get("prompt_tokens")),
-        cached_prompt_tokens=cached,
-        prompt_s=prompt_ms / 1000 if isinstance(prompt_ms, int | float) else None,
-        output_tokens=t.get("predicted_n", u.get("completion_tokens")),
-        decode_s=predicted_ms / 1000 if isinstance(predicted_ms, int | float) else None,
-    )
-
-
-def chunk_from_event(event: dict[str, Any], at_s: float, *, chat: bool) -> Chunk | None:
-    """The Chunk of one parsed SSE event (one event = one token); None for an empty one."""
-    choices = event.get("choices")
-    timings = timings_from_event(event) if "usage" in event or "timings" in event else None
-    if not choices:
-        return Chunk("", 0, at_s, timings=timings) if timings is not None else None
-    choice = choices[0]
-    if not isinstance(choice, dict):
-        raise ProtocolError(f"a choice is not an object: {str(choice)[:120]!r}")
-    reasoning = False
-    if chat:
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
-        # Thinking arrives as reasoning_content (llama-server, vLLM) or reasoning (LM Studio).
-        thought = next((k for k in ("reasoning_content", "reasoning") if k in delta), None)
-        reasoning = thought is not None and not content
-        text = content or (delta.get(thought) if thought else None) or ""
-        has_token = "content" in delta or thought is not None
-    else:
-        text = choice.get("text") or ""
-        has_token = "text" in choice
-    finish = choice.get("finish_reason")
-    # A token may decode to no text (half a UTF-8 character); it is still a token.
-    tokens = 1 if has_token and (text or finish is None) else 0
-    return Chunk(text, tokens, at_s, finish_reason=finish, timings=timings, reasoning=reasoning)
-
-
-def chunks_from_events(
-    events: Iterable[tuple[dict[str, Any], float]], *, chat: bool
-) -> Iterable[Chunk]:
-    """Turn parsed SSE events (with their arrival times) into Chunks; one event = one token."""
-    for event, at_s in events:
-        chunk = chunk_from_event(event, at_s, chat=chat)
-        if chunk is not None:
-            yield chunk
+# llama-server in router mode (several models) answers an unknown one so, with HTTP 400
+# (tools/server/server-models.cpp).
+ROUTER_MODEL_NOT_FOUND = re.compile(r"model '.*' not found")
 
 
 class OpenAIBackend:
@@ -142,6 +74,8 @@ class OpenAIBackend:
         self.base_url = base_url.rstrip("/")
         self.eos_token_ids = eos_token_ids
         self.server_pid = server_pid
+        self._llama_server: bool | None = None  # None until GET /props has answered
+        self.props: dict[str, Any] | None = None  # llama-server's last GET /props answer
         headers = {}
         api_key = os.environ.get(api_key_env)  # read from the environment, never stored
         if api_key:
@@ -179,16 +113,30 @@ class OpenAIBackend:
 
     async def info(self) -> BackendInfo:
         response_models = await self._get_json("/v1/models")
-        version = "unknown"
         if isinstance(response_models, dict) and "data" not in response_models:
             raise ProtocolError(f"{self.base_url}/v1/models has no 'data' list")
-        try:
-            props = await self._client.get("/props")  # llama-server's build info
-            if props.status_code == 200:
-                version = str(props.json().get("build_info", version))
-        except (httpx.HTTPError, json.JSONDecodeError, AttributeError):
-            pass
+        props = await self._props()
+        version = str(props.get("build_info", "unknown")) if props else "unknown"
         return BackendInfo(self.name, version, self.base_url)
+
+    async def _props(self) -> dict[str, Any] | None:
+        """llama-server's GET /props, which also settles whether this is llama-server; None
+        from any other server (404, or LM Studio's 200 "Unexpected endpoint") or on failure."""
+        try:
+            response = await self._client.get("/props")
+        except httpx.HTTPError:
+            return None  # no answer: ask again next time
+        if response.status_code == 503:  # llama-server answers every route so while loading
+            return None
+        try:
+            props = response.json() if response.status_code == 200 else None
+        except ValueError:  # not JSON, or not UTF-8
+            props = None
+        props = props if isinstance(props, dict) else None
+        self._llama_server = props is not None and "default_generation_settings" in props
+        if self._llama_server:
+            self.props = props
+        return props
 
     async def list_models(self) -> list[ModelInfo]:
         data = await self._get_json("/v1/models")
@@ -198,7 +146,11 @@ class OpenAIBackend:
         return [ModelInfo(str(m.get("id")), loaded=True) for m in models if isinstance(m, dict)]
 
     async def load(self, model: str, settings: LoadSettings) -> LoadResult:
-        """The OpenAI API cannot load a model: a one-token request makes the server ready."""
+        """The OpenAI API cannot load a model: a one-token request makes the server ready.
+        On llama-server, GET /props must show the model and the settings of the case."""
+        props = await self._props()  # which server it is, found out outside the timing
+        if self._llama_server and props is not None:
+            check_llama_server_props(props, model, settings, self.base_url)
         start = time.perf_counter()
         async for _ in self.generate(GenerateRequest(model, "Hello", max_tokens=1)):
             pass
@@ -227,9 +179,16 @@ class OpenAIBackend:
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": request.temperature,
-            "seed": request.seed,
-            "cache_prompt": request.use_prompt_cache,
         }
+        # Greedy decoding ignores a seed; and mlx_lm.server serves a seeded request alone,
+        # never in a batch (mlx_lm/server.py _is_batchable), so only an asked-for seed goes.
+        if request.seed is not None and request.temperature > 0:
+            body["seed"] = request.seed
+        # Only llama-server reads cache_prompt, and its default is on. Until info() or load()
+        # has found out which server this is (no request is spent on that inside a timed
+        # one), it goes too: the others ignore it.
+        if self._llama_server is not False:
+            body["cache_prompt"] = request.use_prompt_cache
         if request.chat:
             body["messages"] = [{"role": "user", "content": request.prompt}]
             if request.thinking is not None:  # Qwen3's template switch (llama-server, vLLM, mlx)
@@ -244,6 +203,7 @@ class OpenAIBackend:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         path, chat = ("/v1/chat/completions" if request.chat else "/v1/completions"), request.chat
         body, timeout_s = self._body(request), request.timeout_s
+        assembler = StreamAssembler(chat=chat)
         try:
             async with stream_post(
                 self._client, self._lean, path, body, timeout_s=timeout_s
@@ -261,7 +221,7 @@ class OpenAIBackend:
                             raise ProtocolError(f"SSE line is not UTF-8: {raw[:80]!r}") from exc
                         event = parse_sse_data(line)
                         if event is not None:
-                            chunk = chunk_from_event(event, at_s, chat=chat)
+                            chunk = assembler.add(event, at_s)
                             if chunk is not None:
                                 yield chunk
         except httpx.HTTPError as exc:
@@ -275,7 +235,16 @@ class OpenAIBackend:
         body = (await response.aread()).decode("utf-8", "replace").strip()
         first_line = body.splitlines()[0][:200] if body else "(empty body)"
         url = f"{self.base_url}{path}"
-        if response.status_code == 404 and model is not None:
+        error = _error_object(body)
+        if error.get("type") == "exceed_context_size_error":
+            raise ContextTooLargeError(
+                f"{url}: the prompt ({error.get('n_prompt_tokens', '?')} tokens) exceeds the "
+                f"server's context of {error.get('n_ctx', '?')} tokens per slot (n_ctx): start "
+                "llama-server with a larger --ctx-size (each of its --parallel slots gets "
+                "ctx-size / parallel), or shorten the prompt"
+            )
+        router_miss = response.status_code == 400 and ROUTER_MODEL_NOT_FOUND.search(first_line)
+        if (response.status_code == 404 or router_miss) and model is not None:
             raise ModelNotFoundError(
                 f"{url} answered 404 for model {model!r}: {first_line}; "
                 "check the name with GET /v1/models"
@@ -299,3 +268,57 @@ class OpenAIBackend:
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
             return ProtocolError(f"{url}: the connection broke mid-response ({exc})")
         return BackendError(f"{url}: {type(exc).__name__}: {exc}")
+
+
+def _error_object(body: str) -> dict[str, Any]:
+    """The ``error`` object of an OpenAI-style error body; empty when there is none."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _names(path: str) -> set[str]:
+    """How a model file may be asked for: its file name, with and without ``.gguf``."""
+    name = os.path.basename(path.rstrip("/")).lower()
+    return {name, name.removesuffix(".gguf")} - {""}
+
+
+def check_llama_server_props(
+    props: dict[str, Any], model: str, settings: LoadSettings, base_url: str
+) -> None:
+    """GET /props of llama-server against the case: ModelNotFoundError when it serves another
+    model file, ConfigError when its context per slot or its slot count differ from what
+    ``settings`` asks for. A router (several models, ``model_path`` "none") is not checked:
+    it picks the model by the request's name, and each model's server has its own slots."""
+    served = props.get("model_path")
+    if props.get("role") == "router" or served == "none":
+        return
+    if isinstance(served, str) and served:
+        alias = props.get("model_alias")
+        aliases = {alias.lower()} if isinstance(alias, str) else set()
+        if not (_names(model) & _names(served)) and model.lower() not in aliases:
+            raise ModelNotFoundError(
+                f"{base_url} is llama-server serving {served}, not {model!r}; it serves one "
+                "model and ignores a request's model name. Start it with --model <the case's "
+                "file> (or --alias), or ask for the model it serves"
+            )
+    generation = props.get("default_generation_settings")
+    n_ctx = generation.get("n_ctx") if isinstance(generation, dict) else None
+    slots = props.get("total_slots")
+    if isinstance(slots, int) and slots > 0 and slots != settings.parallel_slots:
+        raise ConfigError(
+            f"{base_url} is llama-server with {slots} slots (total_slots), but the case asks "
+            f"for {settings.parallel_slots}: start it with --parallel "
+            f"{settings.parallel_slots}, or set the case's parallel slots to {slots}"
+        )
+    if isinstance(n_ctx, int) and n_ctx > 0 and n_ctx != settings.context_tokens:
+        total = settings.context_tokens * settings.parallel_slots
+        raise ConfigError(
+            f"{base_url} is llama-server with a context of {n_ctx} tokens per slot "
+            f"(n_ctx), but the case asks for {settings.context_tokens}: start it with "
+            f"--ctx-size {total} (the total over its {settings.parallel_slots} --parallel "
+            "slots: each gets ctx-size / parallel)"
+        )
