@@ -40,13 +40,13 @@ measurement. A share, not a count of tokens, because the head's cost matters onl
 the prompt's: within this share TTFT is off by at most ~10%, and the prefill rates count
 only the uncached tokens."""
 
-SERVER_PROMPT_SHARE_OF_TTFT_MIN = 0.0
+SERVER_PROMPT_SHARE_OF_TTFT_MIN = 0.05
 """Below this share of the client's TTFT, the server's prompt time is not the prefill the
 client waited for: the server's account and the client's disagree (an unlabelled prompt cache
 hit shows so, a prefill faster than the hardware allows). Only checked for prompts of more
 than DISAGREEMENT_MIN_PROMPT_TOKENS, whose prefill is no small part of TTFT."""
 DISAGREEMENT_MIN_PROMPT_TOKENS = 32
-STALL_GAP_FACTOR = 1e9
+STALL_GAP_FACTOR = 20.0
 """An inter-token gap above this many times the sample's median gap is a stall (a swap, a
 preemption, another request's prefill): the sample is no steady decode measurement."""
 STALL_MIN_GAPS = 8  # fewer gaps give no median to judge a gap by
