@@ -17,14 +17,15 @@ from paired_study import GATED, wilson  # scripts/ is on sys.path when run as a 
 
 def summarise(out: Path) -> None:
     runs: dict[str, list[dict[str, object]]] = {"aa": [], "ab": []}
-    for folder in sorted(out.glob("a[ab]-*"), key=lambda p: (p.name[:2], int(p.name[3:]))):
-        if not folder.is_dir():
-            continue
+    folders = [p for p in out.glob("a[ab]-*") if p.is_dir()]
+    for folder in sorted(folders, key=lambda p: (p.name[:2], int(p.name[3:]))):
         reports = sorted(folder.glob("*.json"))
         if not reports:
             continue
         case = next(iter(json.loads(reports[-1].read_text())["cases"].values()))
         paired = case.get("paired") or {}
+        if not paired.get("stop_reason"):
+            continue  # a run still going (its report is rewritten after every round)
         verdicts = paired.get("verdicts", {})
         flagged = [m for m in GATED if verdicts.get(m, {}).get("outcome") == "regression"]
         runs[folder.name[:2]].append(
