@@ -17,7 +17,8 @@ import pytest_asyncio
 
 from lmgauge import backends
 from lmgauge.backends.base import GenerateRequest, LoadSettings
-from lmgauge.backends.lmstudio import LMStudioBackend, LMStudioLoadResult, timings_from_stats
+from lmgauge.backends.lmstudio import LMStudioBackend, timings_from_stats
+from lmgauge.backends.lmstudio_load import LMStudioLoadResult
 from lmgauge.catalog import resolve_model
 from lmgauge.errors import (
     BackendError,

@@ -17,7 +17,7 @@ import pytest
 from lmgauge import settings_registry
 from lmgauge.backends import BACKEND_NAMES
 from lmgauge.backends.base import LoadSettings
-from lmgauge.backends.lmstudio import REST_LOAD_FIELDS
+from lmgauge.backends.lmstudio_load import REST_LOAD_FIELDS
 from lmgauge.config import DURATION, GO_BOOLS
 from lmgauge.settings_registry import (
     LLAMACPP,

@@ -17,7 +17,6 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -33,6 +32,15 @@ from lmgauge.backends.base import (
     ServerTimings,
 )
 from lmgauge.backends.lean_http import stream_post
+from lmgauge.backends.lmstudio_load import (
+    CLI_LOAD_FLAGS,
+    LMStudioLoadResult,
+    asked_settings,
+    is_entry_of,
+    not_applied,
+    rest_load_body,
+    wrong_variant,
+)
 from lmgauge.backends.openai import OpenAIBackend, parse_sse_data
 from lmgauge.backends.streams import LineSplitter
 from lmgauge.errors import (
@@ -43,43 +51,6 @@ from lmgauge.errors import (
     ProtocolError,
     ServerError,
 )
-
-# The fields of POST /api/v1/models/load besides model and echo_load_config (lmstudio-ai/docs
-# @c6854fb 1_developer/2_rest/load.md L13-43); a [load] config key of the same name reaches
-# LoadSettings.extra (settings_registry.LMSTUDIO). Nothing else goes into the body.
-REST_LOAD_FIELDS = (
-    "context_length",
-    "eval_batch_size",
-    "flash_attention",
-    "num_experts",
-    "offload_kv_cache_to_gpu",
-)
-# LoadSettings field -> (field of the REST load, LM Studio's load setting as lmstudio-js
-# names it in its LLMLoadModelConfig). Only a value the user set is sent: LM Studio's own
-# defaults (evalBatchSize 2048, numParallelSessions 4: lmstudio-js@6ec11db
-# packages/lms-kv-config/src/schema.ts L336-354) are not lmgauge's LoadSettings defaults. A
-# setting the REST API cannot express is refused when asked for, never silently dropped.
-LOAD_SETTING_NAMES: dict[str, tuple[str | None, str]] = {
-    "context_tokens": ("context_length", "contextLength"),
-    "batch_tokens": ("eval_batch_size", "evalBatchSize"),
-    "flash_attention": ("flash_attention", "flashAttention"),
-    "threads": (None, "llama.cpuThreadPoolSize"),
-    "use_mmap": (None, "tryMmap"),
-    "kv_cache_type": (None, "llamaKCacheQuantizationType/llamaVCacheQuantizationType"),
-    "parallel_slots": (None, "numParallelSessions (`lms load --parallel`)"),
-}
-CLI_LOAD_FLAGS = {"context_tokens": "--context-length", "parallel_slots": "--parallel"}
-_DEFAULTS = LoadSettings()
-
-
-@dataclass(frozen=True)
-class LMStudioLoadResult(LoadResult):
-    """A load, with what LM Studio says it loaded (recorded in the report with the load)."""
-
-    load_config: dict[str, Any] = field(default_factory=dict)  # echoed, or the instance's
-    variant: str | None = None  # /api/v1/models selected_variant, e.g. "qwen/qwen3-8b@q8_0"
-    quantization: str | None = None  # its quantization.name, e.g. "Q8_0"
-    parallel: int | None = None  # the instance's parallel predictions (REST cannot set it)
 
 
 class _EndpointMissing(Exception):
@@ -121,73 +92,6 @@ def _elapsed_s(text: str) -> float | None:
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
     parts = re.findall(r"([\d.]+)(ms|h|m|s)", found.group(1)) if found else []
     return sum(float(value) * units[unit] for value, unit in parts) if found else None
-
-
-def _asked(settings: LoadSettings, can_set: Mapping[str, str], how: str) -> dict[str, Any]:
-    """{name in ``can_set``: value} of the settings set (the context always is: the case's);
-    ConfigError for one asked but unsettable."""
-    chosen: dict[str, Any] = {}
-    for name, (_, lmstudio_name) in LOAD_SETTING_NAMES.items():
-        value = getattr(settings, name)
-        asked = value != getattr(_DEFAULTS, name) or name == "context_tokens"
-        if name in can_set and value is not None and asked:
-            chosen[can_set[name]] = value
-        elif name not in can_set and asked:
-            raise ConfigError(
-                f"{how} cannot set {name}={value!r} (LM Studio's {lmstudio_name}): leave it at "
-                "its default, or set it in LM Studio's per-model load settings"
-            )
-    return chosen
-
-
-def _rest_body(settings: LoadSettings) -> dict[str, Any]:
-    """The REST load fields for ``settings``: its fields set, and ``extra``'s REST fields."""
-    rest_names = {f: rest for f, (rest, _) in LOAD_SETTING_NAMES.items() if rest}
-    wanted = _asked(settings, rest_names, "LM Studio's REST load API")
-    other = sorted(set(settings.extra) - set(REST_LOAD_FIELDS))
-    if other:
-        raise ConfigError(
-            f"LM Studio's REST load API has no field {', '.join(other)} (it takes "
-            f"{', '.join(REST_LOAD_FIELDS)}): set it in LM Studio's per-model load settings"
-        )
-    return {**wanted, **settings.extra}
-
-
-def _differences(wanted: Mapping[str, Any], applied: Mapping[str, Any]) -> list[str]:
-    """Each asked value LM Studio did not apply (a field it applied not at all is absent)."""
-    wrong = []
-    for key, value in wanted.items():
-        if key not in applied:
-            wrong.append(f"{key}={value!r} (not applied)")
-        elif applied[key] != value:
-            wrong.append(f"{key}={value!r} (applied: {applied[key]!r})")
-    return wrong
-
-
-def _variant(model: str) -> str | None:
-    """The quantization variant a model key asks for: ``qwen/qwen3-8b@q4_k_m`` -> q4_k_m."""
-    return model.rsplit("@", 1)[1].lower() if "@" in model else None
-
-
-def _is_model(entry: Mapping[str, Any], model: str) -> bool:
-    """Whether an /api/v1/models entry is ``model``, by key, variant, or key@variant."""
-    variants = entry.get("variants") or []
-    names = {str(entry.get("key")), *(str(v) for v in variants if isinstance(v, str))}
-    return model in names or model.rsplit("@", 1)[0] == entry.get("key")
-
-
-def _wrong_variant(model: str, entry: Mapping[str, Any]) -> str | None:
-    """What LM Studio serves instead of ``model``'s variant, or None where it serves it."""
-    wanted = _variant(model)
-    if wanted is None:
-        return None
-    selected = entry.get("selected_variant")
-    quant = (entry.get("quantization") or {}).get("name")
-    if isinstance(selected, str) and selected.lower() != model.lower():
-        return f"the variant {selected!r} (quantization {quant!r})"
-    if isinstance(quant, str) and quant.lower() != wanted:
-        return f"quantization {quant!r}"
-    return None
 
 
 class LMStudioBackend(OpenAIBackend):
@@ -294,7 +198,7 @@ class LMStudioBackend(OpenAIBackend):
             instance
             for m in models
             for instance in m.get("loaded_instances") or []
-            if _is_model(m, model) or model == instance.get("id")
+            if is_entry_of(m, model) or model == instance.get("id")
         ]
 
     @staticmethod
@@ -316,13 +220,13 @@ class LMStudioBackend(OpenAIBackend):
         models = await self._v1_models()
         if models is None:
             return await self._cli_load(model, settings, start)
-        wanted = _rest_body(settings)
+        wanted = rest_load_body(settings)
         instances = self._instances(models, model)
         kept = [
             i
             for i in instances
-            if not _differences(wanted, i.get("config") or {})
-            and _wrong_variant(model, self._entry_of(models, i.get("id")) or {}) is None
+            if not not_applied(wanted, i.get("config") or {})
+            and wrong_variant(model, self._entry_of(models, i.get("id")) or {}) is None
         ]
         if instances and len(kept) == len(instances):
             return self._loaded(model, start, models, kept[0].get("id"), already_loaded=True)
@@ -331,7 +235,7 @@ class LMStudioBackend(OpenAIBackend):
         body = {"model": model, "echo_load_config": True, **wanted}
         data = await self._native("POST", "/api/v1/models/load", body, model)
         echoed = data.get("load_config")
-        if isinstance(echoed, dict) and (wrong := _differences(wanted, echoed)):
+        if isinstance(echoed, dict) and (wrong := not_applied(wanted, echoed)):
             raise ConfigError(
                 f"LM Studio at {self.base_url} loaded {model!r} with other settings than "
                 f"asked: {'; '.join(wrong)}; the run would measure a configuration it does "
@@ -355,12 +259,12 @@ class LMStudioBackend(OpenAIBackend):
     ) -> LMStudioLoadResult:
         """The load's result, from /api/v1/models; BackendError for another variant."""
         entry = self._entry_of(models, instance_id) or next(
-            (m for m in models if _is_model(m, model)), {}
+            (m for m in models if is_entry_of(m, model)), {}
         )
         instances: list[dict[str, Any]] = entry.get("loaded_instances") or []
         instance = next((i for i in instances if i.get("id") == instance_id), {})
         config = instance.get("config") or {}
-        wrong = _wrong_variant(model, entry)
+        wrong = wrong_variant(model, entry)
         if wrong is not None:
             raise BackendError(
                 f"LM Studio at {self.base_url} was asked for {model!r} and loaded {wrong}: "
@@ -390,7 +294,8 @@ class LMStudioBackend(OpenAIBackend):
 
     async def _cli_load(self, model: str, settings: LoadSettings, start: float) -> LoadResult:
         how = "LM Studio < 0.4 has no REST load API; `lms load`"
-        flags = _asked(settings, CLI_LOAD_FLAGS, how)  # parallel: LM Studio's 4 unless asked
+        # parallel: LM Studio's 4 unless asked
+        flags = asked_settings(settings, CLI_LOAD_FLAGS, how)
         if settings.extra:
             asked = ", ".join(f"{key}={value!r}" for key, value in settings.extra.items())
             raise ConfigError(
