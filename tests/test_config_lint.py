@@ -333,3 +333,20 @@ def test_lm_studio_load_keys_are_the_rest_load_fields(tmp_path: Path) -> None:
     ]
     settings = load_settings(load_config(tmp_path / "c.toml"), 4096)
     assert settings.extra == {}  # nothing that is not a REST field reaches the load
+
+
+def test_the_openai_backend_refuses_load_settings_it_cannot_apply(tmp_path: Path) -> None:
+    """A running server cannot take [load] settings from lmgauge: issue 14 found reports
+    recording n_batch and n_threads that llama-server never got."""
+    path = tmp_path / "openai.toml"
+    path.write_text(
+        '[gate]\nbackend = "openai"\nmodels = ["qwen3-0.6b"]\nquantizations = ["Q4_K_M"]\n'
+        "contexts = [4096]\n[load]\nn_batch = 64\nn_threads = 2\nn_ctx = 4096\n"
+    )
+    problems = {p.location: p for p in lint_config(load_config(path))}
+    assert set(problems) == {"load.n_batch", "load.n_threads", "load.n_ctx"}
+    assert problems["load.n_ctx"].severity == "warning"  # the context comes per case
+    assert problems["load.n_batch"].severity == "error"
+    assert "--batch-size" in problems["load.n_batch"].message
+    assert "never got" in problems["load.n_threads"].message
+    assert "--threads" in problems["load.n_threads"].message

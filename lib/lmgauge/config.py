@@ -324,9 +324,34 @@ def lint_config(config: ServerConfig) -> list[Problem]:
             problem = _lint_setting(config.backend, section, key, value)
             if problem is not None:
                 problems.append(problem)
+    if config.backend == "openai":
+        problems += _lint_unapplied_load(config.load)
     if "type_k" in config.load and config.load.get("type_k") != config.load.get("type_v", "f16"):
         problems.append(
             Problem("load.type_k", "error", "lmgauge applies one KV cache type: set type_v too")
+        )
+    return problems
+
+
+def _lint_unapplied_load(load: Mapping[str, Any]) -> list[Problem]:
+    """The openai backend talks to a server that is already running: it cannot apply [load]
+    settings, so a report would record settings the server never got. The context (per case)
+    and the slots are checked against llama-server's /props instead."""
+    problems = []
+    for key in load:
+        setting = REGISTRIES["openai"][0].get(key)
+        if setting is None or setting.load_field == "context_tokens":
+            continue  # unknown keys have their own problem; the context comes per case
+        flag = LLAMA_SERVER_NAMES.get(key, key.replace("_", "-"))
+        problems.append(
+            Problem(
+                f"load.{key}",
+                "error",
+                f"the openai backend cannot apply {key} to a running server, so the report "
+                f"would record a setting the server never got: start the server with it "
+                f"(llama-server's --{flag}; in [server] as {flag} = ... with [server.start], "
+                "lmgauge starts it so), or remove it",
+            )
         )
     return problems
 
