@@ -2,9 +2,8 @@
 
 A failed request is a Sample holding the error, never an exception that ends the run.
 A sample that completed but cannot stand for warm, steady-state serving (an early stop,
-a model load inside it, a prefill served from a prompt cache, server and client accounts
-that disagree, a stall between two tokens) is kept with the reason and left out of the
-summaries.
+a model load inside it, a prefill served from a prompt cache, labelled or not, a stall
+between two tokens) is kept with the reason and left out of the summaries.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from lmgauge.backends.base import Backend, GenerateRequest, ServerTimings
 from lmgauge.errors import ServerError
@@ -40,12 +39,15 @@ measurement. A share, not a count of tokens, because the head's cost matters onl
 the prompt's: within this share TTFT is off by at most ~10%, and the prefill rates count
 only the uncached tokens."""
 
-SERVER_PROMPT_SHARE_OF_TTFT_MIN = 0.05
-"""Below this share of the client's TTFT, the server's prompt time is not the prefill the
-client waited for: the server's account and the client's disagree (an unlabelled prompt cache
-hit shows so, a prefill faster than the hardware allows). Only checked for prompts of more
-than DISAGREEMENT_MIN_PROMPT_TOKENS, whose prefill is no small part of TTFT."""
-DISAGREEMENT_MIN_PROMPT_TOKENS = 32
+FAST_PREFILL_FACTOR = 5.0
+"""A sample whose TTFT is under the median of its case's earlier valid samples (same
+prompt length, one request at a time) divided by this was not prefilled: a prompt cache
+the server does not report served it (Ollama counts cached tokens in prompt_eval_count).
+Judged against the case, not against the server's own prompt time: a request that waited
+(a queue, a server saving its slots) has a TTFT far above the server's prompt time and is
+real latency. On an H100, llama-server answered one lone request 2.6 s after 64 parallel
+ones had finished while reporting 43 ms of prefill (scripts/gpu_llama_server.sh)."""
+FAST_PREFILL_MIN_SAMPLES = 3  # earlier valid samples needed to judge one against them
 STALL_GAP_FACTOR = 20.0
 """An inter-token gap above this many times the sample's median gap is a stall (a swap, a
 preemption, another request's prefill): the sample is no steady decode measurement."""
@@ -127,7 +129,6 @@ def _invalid_reason(
     server: ServerTimings | None,
     expected_prompt_tokens: int | None,
     *,
-    ttft_s: float | None = None,
     itl_s: Sequence[float] = (),
 ) -> str | None:
     if output_tokens < requested:
@@ -153,22 +154,26 @@ def _invalid_reason(
                 f"prompt cache hit: the server evaluated {server.prompt_tokens} of "
                 f"{expected_prompt_tokens} prompt tokens"
             )
-        if disagreement := _accounts_disagree(server, ttft_s):
-            return disagreement
     return _stall(itl_s)
 
 
-def _accounts_disagree(server: ServerTimings, ttft_s: float | None) -> str | None:
-    """Why the server's prefill time cannot be the one the client waited for, if it cannot."""
-    uncached = (server.prompt_tokens or 0) - (server.cached_prompt_tokens or 0)
-    if server.prompt_s is None or not ttft_s or uncached <= DISAGREEMENT_MIN_PROMPT_TOKENS:
+def unlabelled_cache_hit(sample: Sample, earlier: Sequence[Sample]) -> str | None:
+    """Why ``sample`` (one request at a time) was no prefill of its prompt, if its TTFT is
+    under 1/FAST_PREFILL_FACTOR of the median of the case's ``earlier`` valid samples."""
+    ttfts = [
+        s.ttft_s
+        for s in earlier
+        if s.valid and not s.warmup and s.ttft_s and s.prompt_tokens == sample.prompt_tokens
+    ]
+    if sample.ttft_s is None or len(ttfts) < FAST_PREFILL_MIN_SAMPLES:
         return None
-    if server.prompt_s >= SERVER_PROMPT_SHARE_OF_TTFT_MIN * ttft_s:
+    median = statistics.median(ttfts)
+    if sample.ttft_s * FAST_PREFILL_FACTOR >= median:
         return None
     return (
-        f"server and client disagree: the server reports {server.prompt_s * 1e3:.1f} ms of "
-        f"prefill for {uncached} tokens, under {SERVER_PROMPT_SHARE_OF_TTFT_MIN:.0%} of the "
-        f"client's TTFT ({ttft_s * 1e3:.1f} ms); an unreported prompt cache hit?"
+        f"prompt cache hit, unreported: TTFT {sample.ttft_s * 1e3:.1f} ms, under "
+        f"1/{FAST_PREFILL_FACTOR:g} of the case's median of {median * 1e3:.1f} ms for the "
+        "same prompt length"
     )
 
 
@@ -193,6 +198,25 @@ def _cached_too_much(server: ServerTimings) -> bool:
     if server.prompt_tokens is None:
         return cached > 0
     return cached > CACHED_PROMPT_SHARE_LIMIT * server.prompt_tokens
+
+
+_T = TypeVar("_T")
+
+
+async def retry_when_busy(
+    call: Callable[[], Awaitable[_T]], *, backoff_s: Sequence[float] = RETRY_BACKOFF_S
+) -> _T:
+    """``call()`` (a model load, say), asked again after each wait in ``backoff_s`` while
+    the server answers busy (HTTP 503 or 429), as a generation request is; after the last
+    wait, the server's answer stands."""
+    for wait_s in backoff_s:
+        try:
+            return await call()
+        except ServerError as exc:
+            if exc.status_code not in RETRY_STATUSES:
+                raise
+        await asyncio.sleep(wait_s)
+    return await call()
 
 
 async def measure_one(
@@ -278,7 +302,6 @@ async def _attempt(
             finish_reason,
             server,
             expected_prompt_tokens,
-            ttft_s=ttft,
             itl_s=itl,
         )
     sample = Sample(

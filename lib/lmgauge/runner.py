@@ -29,7 +29,13 @@ from lmgauge.errors import (
 )
 from lmgauge.hardware import cpu_name
 from lmgauge.machine import DisturbanceMonitor
-from lmgauge.measure import Sample, measure, measure_one
+from lmgauge.measure import (
+    Sample,
+    measure,
+    measure_one,
+    retry_when_busy,
+    unlabelled_cache_hit,
+)
 from lmgauge.planner import estimate_memory
 from lmgauge.scenarios import ANSWER_TOKENS, COUNT, PROMPT_TOKENS, ScenarioResult, run_scenario
 from lmgauge.server_env import find_server_process
@@ -356,7 +362,8 @@ class Runner:
 
     def _ensure_loaded(self, case: Case) -> LoadResult:
         settings = self.load_settings(case)
-        return self._loop.run(self.backend.load(self._model_name(case), settings))
+        model = self._model_name(case)
+        return self._loop.run(retry_when_busy(lambda: self.backend.load(model, settings)))
 
     def _environment(self, case: Case) -> dict[str, Any]:
         info = self._loop.run(self.backend.info())
@@ -415,6 +422,13 @@ class Runner:
             )
             if why and sample.invalid_reason is None and sample.ok:
                 sample = replace(sample, invalid_reason=f"disturbed: {why}", metadata=metadata)
+            elif (
+                sample.invalid_reason is None
+                and sample.ok
+                and not sample.warmup
+                and (hit := unlabelled_cache_hit(sample, run.samples))
+            ):
+                sample = replace(sample, invalid_reason=hit, metadata=metadata)
             else:
                 sample = replace(sample, metadata=metadata)
             run.samples.append(sample)
