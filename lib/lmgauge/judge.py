@@ -209,8 +209,12 @@ def threshold_notes(
     failures: list[str],
 ) -> list[str]:
     """The thresholds ``value`` breaches, as notes; hard limits also go to ``failures``.
-    Thresholds hold on the profile they were written for; elsewhere only decode limits
-    (scaled by the measured over the reference bandwidth) and the error rate apply."""
+    Thresholds hold on the profile they were written for, and the error rate everywhere.
+    Elsewhere a decode limit is scaled by this host's measured bandwidth over the reference
+    machine's: a derived estimate (a noisy probe, and a CPU reaches another share of its
+    bandwidth than an M3 Max's GPU), so its breach is reported, never failed. On a new VM
+    of this project's CI profile the probe read 61 GB/s in one run, which moved seed 002's
+    qwen3-7b limit to 7.6 t/s against a measured 7.1 and failed the README's main command."""
     target = THRESHOLD_METRIC.get(metric)
     if target is None:
         return []
@@ -223,7 +227,7 @@ def threshold_notes(
         )
         if not applies:
             continue
-        limit, how = threshold.value, ""
+        limit, how, derived = threshold.value, "", False
         if threshold.profile != profile:
             if target == "error_rate_ratio":
                 how = " (applies on every profile)"
@@ -233,8 +237,9 @@ def threshold_notes(
                 how = (
                     f" (scaled from {threshold.value:g} on {threshold.profile} by this "
                     f"host's measured bandwidth {bandwidth() / 1e9:.0f} GB/s / "
-                    f"{reference / 1e9:.0f} GB/s public)"
+                    f"{reference / 1e9:.0f} GB/s public: derived, reported, not failed)"
                 )
+                derived = True
             else:
                 continue  # written for another machine and not scalable
         met = value >= limit if threshold.direction == "min" else value <= limit
@@ -245,7 +250,7 @@ def threshold_notes(
             f"{'<' if threshold.direction == 'min' else '>'} {format_value(metric, limit)}"
             f"{how} [{threshold.source}: {threshold.source_key}]"
         )
-        if threshold.fails_test:
+        if threshold.fails_test and not derived:
             failures.append("threshold breach: " + text)
         notes.append(text)
     return notes
