@@ -35,7 +35,9 @@ async def _level(
         for i in range(streams)
     ]
     started = time.perf_counter()
-    samples: list[Sample] = await asyncio.gather(*(measure_one(backend, r) for r in requests))
+    samples: list[Sample] = await asyncio.gather(
+        *(measure_one(backend, r, concurrent=True) for r in requests)
+    )
     wall_s = time.perf_counter() - started
     valid = [s for s in samples if s.valid]
     client = [v for s in valid if (v := s.decode_tokens_per_s) is not None]

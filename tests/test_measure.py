@@ -331,6 +331,9 @@ def test_one_gap_far_above_the_median_is_a_stall() -> None:
         reason == "stall: one gap between tokens was 250.0 ms, 25x the sample's median of 10.00 ms"
     )
     assert _invalid_reason(4, 4, "length", None, None, itl_s=(0.01, 0.01, 0.5)) is None  # too few
+    # Among concurrent requests the same gap is another request's prefill: the service
+    # under load, measured, not voided.
+    assert _invalid_reason(17, 17, "length", None, None, itl_s=stalled, concurrent=True) is None
 
 
 @pytest.mark.asyncio

@@ -123,7 +123,11 @@ async def _aggregate_tokens_per_s(
     start = time.perf_counter()
     samples: list[Sample] = await asyncio.gather(
         *(
-            measure_one(client, GenerateRequest(model, f"{round_}.{i} {PROMPT}", max_tokens=64))
+            measure_one(
+                client,
+                GenerateRequest(model, f"{round_}.{i} {PROMPT}", max_tokens=64),
+                concurrent=True,
+            )
             for i in range(concurrency)
         )
     )

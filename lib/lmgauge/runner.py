@@ -259,7 +259,11 @@ class Runner:
         async def burst() -> tuple[float, list[Sample]]:
             async def handle(batch: Batch) -> list[Sample]:
                 payloads = [cast(GenerateRequest, r.payload) for r in batch.requests]
-                return list(await asyncio.gather(*(measure_one(self.backend, p) for p in payloads)))
+                return list(
+                    await asyncio.gather(
+                        *(measure_one(self.backend, p, concurrent=True) for p in payloads)
+                    )
+                )
 
             async with Batcher(
                 handle, max_batch_size=1, window_s=0.0, max_concurrency=concurrency

@@ -94,7 +94,9 @@ async def burst(backend: StampedBackend, requests: Sequence[GenerateRequest]) ->
 
     async def handle(batch: Batch) -> list[Sample]:
         payloads = [cast(GenerateRequest, r.payload) for r in batch.requests]
-        return list(await asyncio.gather(*(measure_one(backend, p) for p in payloads)))
+        return list(
+            await asyncio.gather(*(measure_one(backend, p, concurrent=True) for p in payloads))
+        )
 
     cpu, start = time.process_time(), time.perf_counter()
     async with Batcher(
