@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from lmgauge import synthetic
+from lmgauge import synthetic_write
 from lmgauge.catalog import Architecture
 from lmgauge.errors import ConfigError, UnknownModelError, UnknownQuantizationError
 
@@ -174,10 +176,16 @@ def test_quantized_model_loads_and_generates(
     path = synthetic_gguf(
         tiny("qwen3"), quant, cache=cache, progress=lambda s, f: stages.append((s, f))
     )
-    assert [s for s, _ in stages] == [f"quantize {quant}"] * len(stages)  # F16 was reused
+    assert [s for s, _ in stages] == [f"write {quant}"] * len(stages)  # no F16, no quantizer
     assert stages[0][1] == 0.0
     assert stages[-1][1] == 1.0
     assert path.stat().st_size < built.f16["qwen3"].stat().st_size
+    reader = gguf.GGUFReader(path)
+    for tensor in reader.tensors:  # every weight dequantizes to finite, N(0, ~0.02)-like values
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        assert np.isfinite(values).all(), tensor.name
+        if tensor.name.endswith(("_q.weight", "ffn_up.weight")):
+            assert 0.01 < float(values.std()) < 0.04, (tensor.name, float(values.std()))
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
     try:
         assert llm.metadata["general.file_type"] == str(file_type)
@@ -214,22 +222,22 @@ def test_a_crashed_build_leaves_nothing_that_looks_complete(
 ) -> None:
     arch = tiny("qwen3")
     calls = 0
-    real_write = synthetic._write_data
+    real_write = synthetic_write._write_data
 
-    def crash_midway(*args: Any) -> None:
+    def crash_midway(*args: Any) -> int:
         nonlocal calls
         calls += 1
         if calls == 5:
             raise KeyboardInterrupt
-        real_write(*args)
+        return real_write(*args)
 
-    monkeypatch.setattr(synthetic, "_write_data", crash_midway)
+    monkeypatch.setattr(synthetic_write, "_write_data", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         synthetic_gguf(arch, "F16", cache=cache)
     final = model_dir(arch, cache) / "Tiny-qwen3-F16.gguf"
     assert not final.exists()
     assert not is_complete(final)
-    monkeypatch.setattr(synthetic, "_write_data", real_write)
+    monkeypatch.setattr(synthetic_write, "_write_data", real_write)
     assert synthetic_gguf(arch, "F16", cache=cache) == final
     assert is_complete(final)
     assert not final.with_name(final.name + ".partial").exists()
@@ -314,3 +322,93 @@ def test_default_progress_logs_when_stderr_is_not_a_terminal(
     assert messages[0] == "synthetic Tiny-qwen3moe F16: write F16 0%"
     assert messages[-1] == "synthetic Tiny-qwen3moe F16: write F16 100%"
     assert len(messages) <= 6
+
+
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def tensor_infos(path: Path) -> tuple[int, list[tuple[str, tuple[int, ...], int]]]:
+    """A GGUF's file type and (name, dims, ggml type) of each tensor, read from its header
+    alone (gguf.GGUFReader reads every vocabulary array too: seconds per file)."""
+    with path.open("rb") as f:
+        data = f.read(64 * 1024**2)
+    pos = 24  # magic, version, tensor count, key count
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        values = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return values[0]
+
+    def text() -> str:
+        nonlocal pos
+        length = take("<Q")
+        pos += length
+        return data[pos - length : pos].decode()
+
+    def skip(kind: int) -> None:
+        nonlocal pos
+        if kind == 8:
+            text()
+        elif kind == 9:
+            item, count = take("<I"), take("<Q")
+            if item in _SCALAR_BYTES:
+                pos += _SCALAR_BYTES[item] * count
+            else:
+                for _ in range(count):
+                    skip(item)
+        else:
+            pos += _SCALAR_BYTES[kind]
+
+    file_type = -1
+    for _ in range(n_kv):
+        key, kind = text(), take("<I")
+        if key == "general.file_type":
+            file_type = take("<I")
+        else:
+            skip(kind)
+    tensors = []
+    for _ in range(n_tensors):
+        name = text()
+        dims = tuple(take("<Q") for _ in range(take("<I")))
+        tensors.append((name, dims, take("<I")))
+        take("<Q")  # offset
+    return file_type, tensors
+
+
+# Every file type on the untied qwen2 shape (output.weight has its own rule); on tied qwen3
+# (the embedding takes the output's rule) and qwen3moe (3-D experts, the layer read from
+# the name), the K-quant mixes.
+IDENTITY_CASES = [("qwen2", q) for q in ("Q3_K_M", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M")] + [
+    ("qwen2", "Q6_K"),
+    ("qwen2", "Q8_0"),
+    ("qwen3", "Q4_K_M"),
+    ("qwen3", "Q6_K"),
+    ("qwen3moe", "Q4_K_M"),
+    ("qwen3moe", "Q3_K_M"),
+]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for all identity cases: the quantizer's F16 input is built once a family."""
+    cache = tmp_path_factory.mktemp("identity-cache")
+    shutil.copytree(built.cache / "tokenizer", cache / "tokenizer")
+    return cache
+
+
+@pytest.mark.parametrize(("family", "quant"), IDENTITY_CASES)
+def test_direct_files_have_the_quantizers_tensor_types_and_size(
+    shared_cache: Path, family: str, quant: str
+) -> None:
+    """The file written block by block against the one llama.cpp's quantizer makes from F16:
+    the same type for every tensor (the tiny shapes' 64-wide rows also take the quantizer's
+    fallbacks: Q4_K to Q5_0 and so on) and the same size. scripts/synthetic_identity.py
+    does the same for the real 0.6B and 7B shapes, with their speed."""
+    pytest.importorskip("llama_cpp", reason="the reference needs llama.cpp's quantizer")
+    arch = replace(tiny(family), n_layers=9)  # enough layers for use_more_bits' pattern
+    direct = synthetic_gguf(arch, quant, cache=shared_cache)
+    made = synthetic_gguf(arch, quant, cache=shared_cache, builder="llama-quantize")
+    assert tensor_infos(direct) == tensor_infos(made)
+    assert direct.stat().st_size == made.stat().st_size

@@ -34,7 +34,7 @@ import psutil
 
 from lmgauge.catalog import Architecture, resolve_model, resolve_quant
 from lmgauge.errors import BackendUnavailableError, ConfigError, InsufficientResourcesError
-from lmgauge.synthetic import INIT_STD, RMS_NORM_EPS, ROPE_THETA, _safe, cache_dir
+from lmgauge.synthetic import _safe, cache_dir
 from lmgauge.synthetic_tokenizer import (
     CHATML_TEMPLATE,
     ENDOFTEXT_ID,
@@ -42,6 +42,7 @@ from lmgauge.synthetic_tokenizer import (
     TOKENIZER_VERSION,
     tokenizer_data,
 )
+from lmgauge.synthetic_write import INIT_STD, RMS_NORM_EPS, ROPE_THETA
 
 MLX_GENERATOR_VERSION = 1
 """Bump when the bytes written change; part of the cache key."""
