@@ -1,8 +1,8 @@
 """Where llama.cpp's own command-line tools are: ``llama-server``, ``llama-bench``,
 ``llama-quantize``.
 
-``scripts/setup.sh`` builds them from the llama.cpp tree vendored in the llama-cpp-python
-sdist (the same sources as the embedded engine) and links them into the virtual
+``scripts/setup.sh --with-llama-tools`` builds them from the llama.cpp tree vendored in the
+llama-cpp-python sdist (the same sources as the embedded engine) and links them into the virtual
 environment's ``bin`` folder. A tool is looked up, in this order:
 
 1. an environment variable naming its path: ``LMGAUGE_`` + the tool's name in capitals
@@ -58,7 +58,8 @@ def find_llama_tool(name: str, environ: Mapping[str, str] | None = None) -> Path
     )
     if found is None:
         raise BackendUnavailableError(
-            f"{name} not found (not in {venv_bin}, not on PATH): run scripts/setup.sh, which"
-            f" builds llama.cpp's tools into .venv/bin, or set {variable} to its path"
+            f"{name} not found (not in {venv_bin}, not on PATH): run scripts/setup.sh "
+            f"--with-llama-tools, which builds llama.cpp's tools into .venv/bin, or set "
+            f"{variable} to its path"
         )
     return Path(found)
