@@ -23,6 +23,7 @@ from lmgauge.metrics import describe_change, format_value
 from lmgauge.planner import PlannedModel, estimate_memory, plan_deployment
 from lmgauge.report import load_report
 from lmgauge.report_markdown import render_markdown
+from lmgauge.store_cli import add_parser as add_store_parser
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -69,6 +70,16 @@ UNPAIRED_NOTE = (
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    if args.a_reports or args.b_reports:
+        from lmgauge.history_cli import cmd_diff_sets
+
+        if args.a is not None or not args.a_reports or not args.b_reports:
+            print("error: give --a REPORTS... and --b REPORTS..., or A B", file=sys.stderr)
+            return 2
+        return cmd_diff_sets(args)
+    if args.a is None or args.b is None:
+        print("error: give two reports A B, or --a REPORTS... --b REPORTS...", file=sys.stderr)
+        return 2
     a, b = load_report(args.a), load_report(args.b)
     diff = diff_reports(a, b, tolerance=args.tolerance, allow_unlike=args.allow_unlike)
     print(f"A: {args.a} ({a.get('backend', {}).get('name')}, {a.get('started_utc')})")
@@ -96,6 +107,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_trend(args: argparse.Namespace) -> int:
+    if args.store:
+        from lmgauge.history_cli import cmd_trend_store
+
+        return cmd_trend_store(args)
     reports = sorted((load_report(p) for p in args.reports), key=lambda r: r["started_utc"])
     if len(reports) < 2:
         print("error: a trend needs at least two reports", file=sys.stderr)
@@ -133,6 +148,9 @@ def cmd_trend(args: argparse.Namespace) -> int:
             print(
                 f"  {marker} #{index - 1} -> #{index}: {item.case_id} {item.metric}: {step.verdict}"
             )
+    from lmgauge.history_cli import print_report_changes
+
+    print_report_changes(args.reports)
     return 0
 
 
@@ -226,14 +244,26 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return lint_main([str(p) for p in args.files])
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from lmgauge.history_cli import cmd_dashboard as build
+
+    return build(args)
+
+
 def setup_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmgauge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lmgauge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     diff = commands.add_parser("diff", help="compare two run reports; exit 1 on a regression")
-    diff.add_argument("a", type=Path, help="the earlier report (the baseline)")
-    diff.add_argument("b", type=Path, help="the later report (the candidate)")
+    diff.add_argument("a", type=Path, nargs="?", help="the earlier report (the baseline)")
+    diff.add_argument("b", type=Path, nargs="?", help="the later report (the candidate)")
+    diff.add_argument(
+        "--a", dest="a_reports", type=Path, nargs="+", help="several runs of the baseline"
+    )
+    diff.add_argument(
+        "--b", dest="b_reports", type=Path, nargs="+", help="several runs of the candidate"
+    )
     diff.add_argument("--tolerance", type=float, default=0.05, help="smallest change that counts")
     diff.add_argument(
         "--allow-unlike", action="store_true", help="compare cases from unlike environments"
@@ -241,7 +271,10 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     diff.set_defaults(func=cmd_diff)
 
     series = commands.add_parser("trend", help="each metric across a series of reports")
-    series.add_argument("reports", type=Path, nargs="+")
+    series.add_argument("reports", type=Path, nargs="*")
+    series.add_argument("--store", help="change points over the runs of a results store (URL)")
+    series.add_argument("-k", help="--store: only cases whose id contains this")
+    series.add_argument("--machine", help="--store: only this machine id")
     series.add_argument("--tolerance", type=float, default=0.05)
     series.add_argument("--metric", action="append", help="only this metric (repeatable)")
     series.set_defaults(func=cmd_trend)
@@ -276,6 +309,15 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     lint = commands.add_parser("lint-config", help="check a server config against real settings")
     lint.add_argument("files", type=Path, nargs="+")
     lint.set_defaults(func=cmd_lint)
+
+    site = commands.add_parser("dashboard", help="a static site of a store's series")
+    site.add_argument("--store", required=True, help="the results store (URL)")
+    site.add_argument("--out", type=Path, default=Path("site"), help="folder to write")
+    site.add_argument("-k", help="only cases whose id contains this")
+    site.add_argument("--machine", help="only this machine id")
+    site.set_defaults(func=cmd_dashboard)
+
+    add_store_parser(commands)
     return parser
 
 

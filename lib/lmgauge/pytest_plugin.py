@@ -15,6 +15,7 @@ and fails the test on a regression or a breach.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ CASE_FIXTURE = "lmgauge_case"
 SESSION = pytest.StashKey["CheckSession"]()
 SERVER_CONFIG = pytest.StashKey["ServerConfig | None"]()
 AGAINST = pytest.StashKey["ServerConfig"]()
+STORED = pytest.StashKey[str]()  # what became of the run in the results store
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -152,6 +154,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="paired gate: seed of the arms' random order (default: drawn, and reported)",
     )
     group.addoption(
+        "--lmgauge-store",
+        default=None,
+        metavar="URL",
+        help="at the end of the run, store its report in this results store: a SQLite file "
+        "path, sqlite:///PATH or postgresql://USER@HOST:PORT/DB ('default': "
+        "~/.cache/lmgauge/results.sqlite); a failure there keeps the report and says so",
+    )
+    group.addoption(
         "--lmgauge-catalog",
         default=None,
         help="a TOML file of catalog overrides: backend model names per label, e.g. "
@@ -178,6 +188,15 @@ def pytest_configure(config: pytest.Config) -> None:
             use_overrides(Path(catalog))
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from exc
+    store = config.getoption("lmgauge_store", None)
+    if store is not None:  # a URL of no known kind stops the run before it starts
+        from lmgauge.errors import ConfigError
+        from lmgauge.store_schema import normalize_url
+
+        try:
+            normalize_url(store)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"--lmgauge-store: {exc}") from exc
     config.stash[SERVER_CONFIG] = _server_config(config.getoption("lmgauge_config", None))
     against = config.getoption("lmgauge_against", None)
     if against is not None:
@@ -400,6 +419,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("lmgauge verdicts")
     for line in session.table_lines():
         terminalreporter.write_line(line)
+    stored = terminalreporter.config.stash.get(STORED, None)
+    if stored is not None:
+        terminalreporter.write_line(stored)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -418,6 +440,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             exit_code=int(exitstatus),
         )
         write_step_summary(report.data)
+        store = session.config.getoption("lmgauge_store", None)
+        if store is not None:
+            _store_report(session.config, store, report.path)
+
+
+def _store_report(config: pytest.Config, url: str, path: Path) -> None:
+    """The finished run's report into the results store; a failure is said (after the
+    verdicts), not raised: the report is on disk and can be stored later."""
+    try:
+        from lmgauge.store import Store
+
+        with Store.open(url) as store:
+            result = store.ingest(path)
+        line = f"{'stored' if result.stored else 'already in'} {store} (run {result.run_id})"
+    except Exception as exc:  # whatever the store does, the run and its report stand
+        line = (
+            f"could not store the run: {exc}; the report is kept: store it later with "
+            f"lmgauge store ingest {path} --store {url}"
+        )
+    if config.pluginmanager.get_plugin("terminalreporter") is not None:
+        config.stash[STORED] = f"lmgauge: {line}"
+    else:
+        print(f"lmgauge: {line}", file=sys.stderr)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -5,6 +5,9 @@ Format history:
          metric, their summaries, and the verdict rows with the baseline figures and
          their provenance. Optional per case: ``paired`` (a paired A/B run: arms, rounds,
          per-metric intervals), added without a version bump since readers ignore it.
+         Also added so, at the top level: ``machine_id`` (machine.machine_identity's
+         digest, null where none is readable) and ``config_sha256`` (the sha256 of the
+         --lmgauge-config file, null without one); older reports lack both (read: null).
 
 The file is rewritten atomically (temp file + rename) each time a sample is measured or
 a verdict reached, so at every moment it is one valid JSON document holding everything
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from lmgauge import __version__
 from lmgauge.errors import ConfigError
 from lmgauge.files import write_json_atomic
+from lmgauge.machine import machine_identity
 from lmgauge.metrics import metric_values
 from lmgauge.stats import summarize
 
@@ -148,6 +152,8 @@ class ReportWriter:
             "finished_utc": None,
             "lmgauge_version": __version__,
             "git_commit": git_commit(Path.cwd()),
+            "machine_id": machine_identity().digest or None,
+            "config_sha256": (run.get("config") or {}).get("sha256"),
             "profile": profile,
             "host": dict(host),
             "backend": dict(backend),
