@@ -7,10 +7,11 @@ here (as vLLM's dummy load format does). The text such a model writes is meaning
 ``synthetic_gguf("qwen3-0.6b", "Q4_K_M")`` writes the file straight in its block formats,
 streamed tensor by tensor: each tensor in the type llama.cpp's quantizer would give it in
 that file type (quant_mix.py: Q4_K_M keeps the output and some attn_v and ffn_down layers
-at Q6_K), its blocks tiled from one seeded template of random quants with finite scales
-(quant_blocks.py); F16 weights tiled from one seeded block of N(0, 0.02) values, norms
-ones, biases zeros. Nothing is quantized, so a 7B-shape file takes as long as writing it
-(an F16 file and llama.cpp's quantizer took ~5.5 min for the 7B Q4_K_M on 2 cores).
+at Q6_K), its blocks tiled from one seeded template per type that ggml's own quantizer
+made from N(0, 0.02) weights (quant_blocks.py); F16 weights tiled from one seeded block of
+N(0, 0.02) values, norms ones, biases zeros. Only those templates are quantized, so a
+7B-shape file takes about as long as writing it: 12 s for the 7B Q4_K_M on 2 cores, where
+an F16 file and llama.cpp's quantizer took ~5.5 min.
 
 ``builder="llama-quantize"`` makes the file the old way, F16 first and then llama.cpp's
 quantizer, in its own cache folder (generator version 1): scripts/synthetic_identity.py

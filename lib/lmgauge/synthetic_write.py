@@ -26,7 +26,7 @@ ROPE_THETA = 1e6
 RMS_NORM_EPS = 1e-6
 INIT_STD = 0.02
 BLOCK_VALUES = 16_777_259  # one seeded block (~32 MiB of F16), tiled into every tensor
-TEMPLATE_BYTES = 32 * 1024**2  # the same for each quantized type's template of blocks
+TEMPLATE_BYTES = 8 * 1024**2  # each quantized type's template of blocks, tiled
 ALIGNMENT = 32  # GGUF's default data alignment
 _Item = TypeVar("_Item", bound=np.generic)
 
@@ -136,8 +136,7 @@ class _Payloads:
 
     def blocks(self, ggml_type: GGMLType) -> np.ndarray[tuple[int], np.dtype[np.uint8]]:
         if ggml_type not in self._templates:
-            n_blocks = TEMPLATE_BYTES // ggml_type.block_bytes
-            self._templates[ggml_type] = template(ggml_type, n_blocks, self.seed)
+            self._templates[ggml_type] = template(ggml_type, TEMPLATE_BYTES, self.seed)
         return self._templates[ggml_type]
 
 
