@@ -115,8 +115,8 @@ def main() -> int:
     parser.add_argument(
         "--no-mmap",
         action="store_true",
-        help="llama-bench -mmp 0: each file read into memory, so that which file the page "
-        "cache holds (two 8 GB files do not both fit in 24 GB) does not time the run",
+        help="llama-bench --load-mode none: each file read into memory, so that which file "
+        "the page cache holds (two 8 GB files do not both fit in 24 GB) does not time the run",
     )
     parser.add_argument(
         "--aa",

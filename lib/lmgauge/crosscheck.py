@@ -56,7 +56,7 @@ class Workload:
     context_tokens: int = 4096
     samples: int = 3  # per tool per round (llama-bench: one repetition per round)
     flash_attention: bool = True
-    mmap: bool = True  # llama-bench -mmp: off reads the file into memory, page cache aside
+    mmap: bool = True  # off: llama-bench --load-mode none reads the file into memory
 
 
 @dataclass
@@ -110,7 +110,7 @@ def llama_bench(model: Path, workload: Workload, *, repetitions: int = 1) -> dic
             "-t", str(workload.threads),
             "-b", "512", "-ub", "512",
             "-fa", "on" if workload.flash_attention else "off",
-            "-mmp", "1" if workload.mmap else "0",
+            "-lm", "auto" if workload.mmap else "none",
             "-r", str(repetitions),
             "-o", "json",
         ]  # fmt: skip
