@@ -10,7 +10,6 @@ arms (runners, managed servers), the verdict rows of a paired case, and its repo
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +59,6 @@ def _settings(section: Any) -> dict[str, Any]:
 class PairedSession(CheckSession):
     against: ServerConfig | None = None  # arm A, the base; server_config is arm B
     plan: PairedPlan = field(default_factory=PairedPlan)
-    progress: Callable[[str], None] = lambda _message: None
     _measurement: PairedMeasurement | None = None
 
     def measurement(self) -> PairedMeasurement:

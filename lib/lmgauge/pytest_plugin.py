@@ -234,7 +234,7 @@ def lmgauge_session(config: pytest.Config) -> CheckSession:
     backend = config.getoption("--lmgauge-backend")
     if server_config is not None and backend == "auto":
         backend = server_config.backend
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"progress": _progress_writer(config)}
     session_class: type[CheckSession] = CheckSession
     tolerance = config.getoption("--lmgauge-tolerance")
     against = config.stash.get(AGAINST, None)
@@ -242,11 +242,7 @@ def lmgauge_session(config: pytest.Config) -> CheckSession:
         from lmgauge.paired_gate import PAIRED_TOLERANCE, PairedSession
 
         session_class = PairedSession
-        settings = {
-            "against": against,
-            "plan": _paired_plan(config),
-            "progress": _progress_writer(config),
-        }
+        settings |= {"against": against, "plan": _paired_plan(config)}
         tolerance = PAIRED_TOLERANCE if tolerance is None else tolerance
     session = session_class(
         requested_backend=backend,
@@ -300,7 +296,8 @@ def _paired_plan(config: pytest.Config) -> Any:
 
 
 def _progress_writer(config: pytest.Config) -> Any:
-    """Progress lines on the terminal while a test runs (a paired case takes minutes)."""
+    """Progress lines on the terminal while a test runs (a synthetic model being written, a
+    case measured, a paired case's rounds: minutes where the terminal would be silent)."""
 
     def write(message: str) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")

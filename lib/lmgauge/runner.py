@@ -345,8 +345,15 @@ class Runner:
             if self.backend_name == "llamacpp":
                 from lmgauge.synthetic import synthetic_gguf
 
-                self.progress(f"{case.id}: preparing the synthetic model (cached after once)")
-                self._models[case] = str(synthetic_gguf(case.label, case.quantization))
+                shown: dict[str, int] = {}
+
+                def report(stage: str, fraction: float) -> None:  # a line a quarter
+                    if shown.get(stage, -1) < (quarter := int(fraction * 4)):
+                        shown[stage] = quarter
+                        self.progress(f"{case.id}: synthetic model: {stage} {fraction:.0%}")
+
+                path = synthetic_gguf(case.label, case.quantization, progress=report)
+                self._models[case] = str(path)
             else:
                 self._models[case] = resolve_model(case.label).tag(
                     self.backend_name, case.quantization

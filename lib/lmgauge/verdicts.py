@@ -67,6 +67,7 @@ class CheckSession:
     report_dir: Path | None = None
     server_config: ServerConfig | None = None
     run_settings: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str], None] = lambda _message: None  # a line on the terminal
     rows: list[Row] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     report: ReportWriter | None = None
@@ -100,6 +101,7 @@ class CheckSession:
                 self.requested_backend,
                 self.workload,
                 base_url=self.base_url,
+                progress=self.progress,
                 on_update=self._on_update,
                 load_settings=(
                     None
