@@ -14,7 +14,7 @@ import re
 import sys
 import time
 
-STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+STEP = re.compile(r"^\s*\[(\d+)/(\d+)\]")
 
 
 def main() -> int:

@@ -120,7 +120,7 @@ if ! have_wheel || need_tools; then
     .venv/bin/python -m venv "$buildenv"
     # As pip's isolated build would: the system's CMake (3.21 or newer) and Ninja if there
     # are, else those from PyPI.
-    requires=("scikit-build-core[pyproject]>=0.10")
+    requires=("scikit-build-core>=0.10")
     cmake_version=$(cmake --version 2>/dev/null | sed -n '1s/[^0-9]*\([0-9][0-9.]*\).*/\1/p')
     if [ -z "$cmake_version" ] \
             || [ "$(printf '%s\n' 3.21 "$cmake_version" | sort -V | head -n 1)" != 3.21 ]; then
@@ -133,7 +133,7 @@ if ! have_wheel || need_tools; then
 
     if ! have_wheel; then
         echo "Compiling llama.cpp for this CPU (ggml and libllama, once per machine; about" \
-             "N minutes on 2 cores)..." >&2
+             "2 minutes on 2 cores)..." >&2
         CMAKE_ARGS="${CMAKE_ARGS:-} ${LLAMA_CMAKE_FLAGS[*]} ${WHEEL_CMAKE_FLAGS[*]}" \
             "$buildenv/bin/python" -m pip wheel -v --no-deps --no-build-isolation \
             --no-cache-dir --config-settings=build-dir="$build" "$src" -w "$partial" 2>&1 \
