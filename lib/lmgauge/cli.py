@@ -69,6 +69,18 @@ UNPAIRED_NOTE = (
 )
 
 
+def print_diff_notes(diff: Diff) -> None:
+    """A diff's warnings and refused cases, on stderr."""
+    for warning in diff.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for case_id, differences in diff.refused.items():
+        print(
+            f"refused: {case_id} ran in unlike environments: {'; '.join(differences)} "
+            "(--allow-unlike compares them anyway)",
+            file=sys.stderr,
+        )
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     if args.a_reports or args.b_reports:
         from lmgauge.history_cli import cmd_diff_sets
@@ -84,14 +96,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     diff = diff_reports(a, b, tolerance=args.tolerance, allow_unlike=args.allow_unlike)
     print(f"A: {args.a} ({a.get('backend', {}).get('name')}, {a.get('started_utc')})")
     print(f"B: {args.b} ({b.get('backend', {}).get('name')}, {b.get('started_utc')})\n")
-    for warning in diff.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    for case_id, differences in diff.refused.items():
-        print(
-            f"refused: {case_id} ran in unlike environments: {'; '.join(differences)} "
-            "(--allow-unlike compares them anyway)",
-            file=sys.stderr,
-        )
+    print_diff_notes(diff)
     if not diff.rows:
         print("error: no case was measured in both reports in like environments", file=sys.stderr)
         return 2

@@ -80,6 +80,26 @@ def compare_metric(
     )
 
 
+def _admit(
+    diff: Diff,
+    case_id: str,
+    env_a: Mapping[str, Any],
+    env_b: Mapping[str, Any],
+    allow_unlike: bool,
+) -> bool:
+    """Whether a case's two environments may be compared; notes a release change, refuses
+    an unlike environment (into ``diff``) unless ``allow_unlike``."""
+    unlike, release = split_differences(environment_differences(env_a, env_b))
+    if release:
+        diff.warnings.append(f"{case_id}: across releases ({'; '.join(release)})")
+    if unlike and not allow_unlike:
+        diff.refused[case_id] = unlike
+        return False
+    if unlike:
+        diff.warnings.append(f"{case_id}: compared despite {'; '.join(unlike)}")
+    return True
+
+
 def diff_reports(
     a: Mapping[str, Any],
     b: Mapping[str, Any],
@@ -91,14 +111,8 @@ def diff_reports(
     for case_id in [c for c in a["cases"] if c in b["cases"]]:
         case_a, case_b = a["cases"][case_id], b["cases"][case_id]
         env_a, env_b = case_environment(a, case_a), case_environment(b, case_b)
-        unlike, release = split_differences(environment_differences(env_a, env_b))
-        if release:
-            diff.warnings.append(f"{case_id}: across releases ({'; '.join(release)})")
-        if unlike:
-            if not allow_unlike:
-                diff.refused[case_id] = unlike
-                continue
-            diff.warnings.append(f"{case_id}: compared despite {'; '.join(unlike)}")
+        if not _admit(diff, case_id, env_a, env_b, allow_unlike):
+            continue
         values_a, values_b = case_a.get("values", {}), case_b.get("values", {})
         for metric in [*values_a, *(m for m in values_b if m not in values_a)]:
             diff.rows.append(
@@ -233,14 +247,8 @@ def diff_report_sets(
         first_a, first_b = cases_a[case_id], cases_b[case_id]
         env_a = case_environment(first_a, first_a["cases"][case_id])
         env_b = case_environment(first_b, first_b["cases"][case_id])
-        unlike, release = split_differences(environment_differences(env_a, env_b))
-        if release:
-            diff.warnings.append(f"{case_id}: across releases ({'; '.join(release)})")
-        if unlike:
-            if not allow_unlike:
-                diff.refused[case_id] = unlike
-                continue
-            diff.warnings.append(f"{case_id}: compared despite {'; '.join(unlike)}")
+        if not _admit(diff, case_id, env_a, env_b, allow_unlike):
+            continue
         metrics: dict[str, None] = {}
         for report in [*a, *b]:
             metrics.update(dict.fromkeys(report["cases"].get(case_id, {}).get("values", {})))

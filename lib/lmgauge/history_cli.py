@@ -170,21 +170,14 @@ def cmd_trend_store(args: argparse.Namespace) -> int:
 def cmd_diff_sets(args: argparse.Namespace) -> int:
     """``lmgauge diff --a ... --b ...``: the table of a two-report diff, and exit 1 on a
     regression."""
-    from lmgauge.cli import _print_diff  # the same table as a two-report diff
+    from lmgauge.cli import _print_diff, print_diff_notes  # as a two-report diff prints
 
     a = [load_report(p) for p in args.a_reports]
     b = [load_report(p) for p in args.b_reports]
     diff: Diff = diff_report_sets(a, b, tolerance=args.tolerance, allow_unlike=args.allow_unlike)
     print(f"A: {len(a)} run(s): {', '.join(p.name for p in args.a_reports)}")
     print(f"B: {len(b)} run(s): {', '.join(p.name for p in args.b_reports)}\n")
-    for warning in diff.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    for case_id, differences in diff.refused.items():
-        print(
-            f"refused: {case_id} ran in unlike environments: {'; '.join(differences)} "
-            "(--allow-unlike compares them anyway)",
-            file=sys.stderr,
-        )
+    print_diff_notes(diff)
     if not diff.rows:
         print("error: no case was measured on both sides in like environments", file=sys.stderr)
         return 2
