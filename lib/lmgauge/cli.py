@@ -81,6 +81,24 @@ def print_diff_notes(diff: Diff) -> None:
         )
 
 
+def report_diff(diff: Diff, *, nothing: str, note: str) -> int:
+    """A diff's notes, table, ``note`` and verdict. Exit code: 0, 1 on a regression, 2
+    where no case could be compared (``nothing`` says why)."""
+    print_diff_notes(diff)
+    if not diff.rows:
+        print(f"error: {nothing}", file=sys.stderr)
+        return 2
+    _print_diff(diff)
+    print(note)
+    regressions = diff.regressions
+    if regressions:
+        names = ", ".join(f"{r.case_id} {r.metric}" for r in regressions)
+        print(f"\n{len(regressions)} regression(s): {names}")
+        return 1
+    print("\nno regression")
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     if args.a_reports or args.b_reports:
         from lmgauge.history_cli import cmd_diff_sets
@@ -96,19 +114,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     diff = diff_reports(a, b, tolerance=args.tolerance, allow_unlike=args.allow_unlike)
     print(f"A: {args.a} ({a.get('backend', {}).get('name')}, {a.get('started_utc')})")
     print(f"B: {args.b} ({b.get('backend', {}).get('name')}, {b.get('started_utc')})\n")
-    print_diff_notes(diff)
-    if not diff.rows:
-        print("error: no case was measured in both reports in like environments", file=sys.stderr)
-        return 2
-    _print_diff(diff)
-    print(UNPAIRED_NOTE)
-    regressions = diff.regressions
-    if regressions:
-        names = ", ".join(f"{r.case_id} {r.metric}" for r in regressions)
-        print(f"\n{len(regressions)} regression(s): {names}")
-        return 1
-    print("\nno regression")
-    return 0
+    return report_diff(
+        diff,
+        nothing="no case was measured in both reports in like environments",
+        note=UNPAIRED_NOTE,
+    )
 
 
 def cmd_trend(args: argparse.Namespace) -> int:

@@ -170,29 +170,20 @@ def cmd_trend_store(args: argparse.Namespace) -> int:
 def cmd_diff_sets(args: argparse.Namespace) -> int:
     """``lmgauge diff --a ... --b ...``: the table of a two-report diff, and exit 1 on a
     regression."""
-    from lmgauge.cli import _print_diff, print_diff_notes  # as a two-report diff prints
+    from lmgauge.cli import report_diff  # as a two-report diff reports
 
     a = [load_report(p) for p in args.a_reports]
     b = [load_report(p) for p in args.b_reports]
     diff: Diff = diff_report_sets(a, b, tolerance=args.tolerance, allow_unlike=args.allow_unlike)
     print(f"A: {len(a)} run(s): {', '.join(p.name for p in args.a_reports)}")
     print(f"B: {len(b)} run(s): {', '.join(p.name for p in args.b_reports)}\n")
-    print_diff_notes(diff)
-    if not diff.rows:
-        print("error: no case was measured on both sides in like environments", file=sys.stderr)
-        return 2
-    _print_diff(diff)
-    print(
-        "\nnote: with two runs or more per side, each verdict is judged against the "
+    return report_diff(
+        diff,
+        nothing="no case was measured on both sides in like environments",
+        note="\nnote: with two runs or more per side, each verdict is judged against the "
         "run-to-run noise those runs show (Welch t on log run medians); with one run on a "
-        "side, that noise is unknown and the verdict says so."
+        "side, that noise is unknown and the verdict says so.",
     )
-    if diff.regressions:
-        names = ", ".join(f"{r.case_id} {r.metric}" for r in diff.regressions)
-        print(f"\n{len(diff.regressions)} regression(s): {names}")
-        return 1
-    print("\nno regression")
-    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
