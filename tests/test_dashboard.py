@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib import image
 
 from lmgauge.cli import main
 from lmgauge.dashboard import build_site, page_name
 from lmgauge.history_cli import analyse
 from lmgauge.store import Store, StoredSeriesPoint
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' shared helper modules
+from chromium import screenshot
 from test_history_cli import history_reports
 
 CASE = "llamacpp-qwen3-0.6b-Q4_K_M-ctx4096"
@@ -118,34 +116,13 @@ def test_the_command_builds_the_site_from_a_store(
     assert main(["dashboard", "--store", url, "--out", str(tmp_path / "x"), "-k", "none"]) == 2
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip("headless Chromium not found: install the Debian package chromium")
-    return found
-
-
 def test_screenshot_of_a_series_page_shows_the_runs_and_the_change(
     site: Path, tmp_path: Path
 ) -> None:
-    chromium = _chromium()
     (series,) = [s for s in analyse(points("vm-1"))]
     page = site.parent / "series" / page_name(series)
     shot = tmp_path / "series.png"
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1280,900",
-        page.as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert shot.exists(), result.stderr[-2000:]
-    pixels = np.asarray(image.imread(shot))[:, :, :3]
+    pixels = screenshot(page, shot, width=1280, height=900)
     red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     run_blue = (blue > 0.6) & (red < 0.3) & (green > 0.35) & (green < 0.6)  # #1f77b4
     change_red = (red > 0.6) & (green < 0.2) & (blue < 0.25)  # #b00020

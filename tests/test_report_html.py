@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
+import sys
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from matplotlib import image
 
 from lmgauge import report_plots
 from lmgauge.report_html import render_html
+
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' shared helper modules
+from chromium import screenshot
 
 DATA = Path(__file__).parent / "data"
 CASE = "llamacpp-qwen3-0.6b-Q4_K_M-ctx4096"
@@ -156,34 +157,13 @@ def test_latency_percentiles_use_only_the_valid_samples(regression: dict[str, An
     assert "4 requests" in svg
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip("headless Chromium not found: install the Debian package chromium")
-    return found
-
-
 def test_screenshot_of_the_page_shows_the_failures_and_the_plots(
     regression: dict[str, Any], tmp_path: Path
 ) -> None:
-    chromium = _chromium()
     page = tmp_path / "report.html"
     page.write_text(render_html(regression), encoding="utf-8")
     shot = tmp_path / "report.png"
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'profile'}",  # leave the user's profile alone
-        f"--screenshot={shot}",
-        "--window-size=1280,2400",
-        page.as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert shot.exists(), result.stderr[-2000:]
-    pixels = np.asarray(image.imread(shot))[:, :, :3]
+    pixels = screenshot(page, shot, width=1280, height=2400)
     assert pixels.shape == (2400, 1280, 3)
     background = np.all(pixels > 0.97, axis=2)
     assert background.mean() < 0.93, "the page is (almost) blank"
