@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -139,3 +140,24 @@ def _no_github_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pytest runs these tests start would append their verdict tables to GitHub's job
     summary; keep that for the real benchmark runs."""
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """A real PostgreSQL server for the session (lmgauge.testing.postgres), or a skip that
+    says why none could start."""
+    from lmgauge.testing.postgres import PostgresUnavailableError, shared_server
+
+    try:
+        return shared_server()
+    except PostgresUnavailableError as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty results store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.sqlite'}"
+    url: str = request.getfixturevalue("postgres").new_database()
+    return url

@@ -21,7 +21,6 @@ from lmgauge.errors import ConfigError
 from lmgauge.machine import machine_identity
 from lmgauge.report import ReportWriter
 from lmgauge.store import NotFinishedError, Store
-from lmgauge.testing.postgres import PostgresServer, PostgresUnavailableError, shared_server
 from lmgauge.testing.reports import MACHINES, synthetic_report
 
 pytest_plugins = ["pytester"]
@@ -29,23 +28,6 @@ pytest_plugins = ["pytester"]
 DATA = Path(__file__).parent / "data"
 CONTEXTS = DATA / "report-contexts.json"  # three cases, no machine_id (an older report)
 REGRESSION = DATA / "report-regression.json"
-
-
-@pytest.fixture(scope="session")
-def postgres() -> PostgresServer:
-    try:
-        return shared_server()
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty store of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'results.sqlite'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.new_database()
 
 
 @pytest.fixture

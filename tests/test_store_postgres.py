@@ -8,33 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from lmgauge.testing.postgres import PostgresServer, PostgresUnavailableError, shared_server
-
 FLEET = Path(__file__).parent.parent / "scripts" / "store_fleet.py"
 
 
-@pytest.fixture(scope="session")
-def postgres() -> PostgresServer:
-    try:
-        return shared_server()
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
-
-
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
-def test_eight_processes_store_every_run_once(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if kind == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.new_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+def test_eight_processes_store_every_run_once(store_url: str) -> None:
     fleet = ["--reports", "400", "--processes", "8", "--overlap-every", "5", "--json"]
     done = subprocess.run(
-        [sys.executable, str(FLEET), *fleet, "--store", url],
+        [sys.executable, str(FLEET), *fleet, "--store", store_url],
         capture_output=True,
         text=True,
         timeout=300,
