@@ -18,6 +18,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from lmgauge.dashboard import build_site
 from lmgauge.history_cli import analyse
 from lmgauge.store import StoredSeriesPoint
+from lmgauge.testing.reports import series_point
 
 RUNS = 10_000
 CASES = ("llamacpp-qwen3-0.6b-Q4_K_M-ctx4096", "llamacpp-qwen3-7b-Q4_K_M-ctx4096")
@@ -35,17 +36,11 @@ def store_points() -> list[StoredSeriesPoint]:
             for metric in METRICS:
                 figure = level * math.exp(rng.normal(0, 0.10))
                 found.append(
-                    StoredSeriesPoint(
+                    series_point(
                         run_id=run_id,
                         started_utc=f"2026-01-01T00:00:00+00:00#{order:06d}",
                         machine_id=f"machine-{machine}",
-                        profile="linux-x86_64-2c-24gb",
-                        backend="llamacpp",
-                        backend_version=f"0.3.{release}",
-                        config_sha256="c0ffee",
-                        model_digest="sha256:aaa",
-                        lmgauge_version="0.1.0",
-                        git_commit=None,
+                        release=release,
                         case_id=case_id,
                         metric=metric,
                         values=(figure * 0.99, figure, figure * 1.01),

@@ -15,6 +15,7 @@ from lmgauge.cli import main
 from lmgauge.dashboard import build_site, page_name
 from lmgauge.history_cli import analyse
 from lmgauge.store import Store, StoredSeriesPoint
+from lmgauge.testing.reports import series_point
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests' shared helper modules
 from chromium import screenshot
@@ -39,17 +40,11 @@ def points(
             run_id = 3 * release + run
             figure = level * math.exp(rng.normal(0, 0.10))
             found.append(
-                StoredSeriesPoint(
+                series_point(
                     run_id=run_id,
                     started_utc=f"2026-11-01T{run_id // 60:02d}:{run_id % 60:02d}:00+00:00",
                     machine_id=machine,
-                    profile="linux-x86_64-2c-24gb",
-                    backend="llamacpp",
-                    backend_version=f"0.3.{release}",
-                    config_sha256="c0ffee",
-                    model_digest="sha256:aaa",
-                    lmgauge_version="0.1.0",
-                    git_commit=None,
+                    release=release,
                     case_id=case_id,
                     metric="decode_tokens_per_s",
                     values=tuple(figure * (1 + 0.02 * rng.standard_normal(6))),

@@ -3,7 +3,8 @@
 Each is a copy of a real report (its whole structure: cases, environments, samples,
 summaries, verdicts) with its own start time, machine and values: every metric's samples
 scaled by one random factor per run and jittered per sample. Not measurements: the
-reports say so in ``messages``.
+reports say so in ``messages``. ``series_point`` makes one point of a store's series
+directly, for tests of what reads series (change points, the dashboard).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from lmgauge.store import StoredSeriesPoint
 
 MACHINES = tuple(f"{i:x}" * 16 for i in range(10, 16))  # 16-hex-digit machine ids
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,3 +68,32 @@ def write_synthetic_reports(
         path.write_text(json.dumps(report, allow_nan=True), encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def series_point(
+    *,
+    run_id: int,
+    started_utc: str,
+    machine_id: str,
+    release: int,
+    case_id: str,
+    metric: str,
+    values: tuple[float, ...],
+) -> StoredSeriesPoint:
+    """One run's values of one metric, as ``Store.series`` returns them: one backend on one
+    profile, each release a backend version (``0.3.<release>``), the rest fixed."""
+    return StoredSeriesPoint(
+        run_id=run_id,
+        started_utc=started_utc,
+        machine_id=machine_id,
+        profile="linux-x86_64-2c-24gb",
+        backend="llamacpp",
+        backend_version=f"0.3.{release}",
+        config_sha256="c0ffee",
+        model_digest="sha256:aaa",
+        lmgauge_version="0.1.0",
+        git_commit=None,
+        case_id=case_id,
+        metric=metric,
+        values=values,
+    )
